@@ -1,0 +1,27 @@
+"""One base exception, so the CLI can turn every expected failure into one clear line."""
+
+from __future__ import annotations
+
+
+class GreenknobsError(Exception):
+    """Base of every error greenknobs raises on purpose (bad input, unusable backend, ...)."""
+
+
+class ConfigError(GreenknobsError):
+    """An experiment file is invalid; ``key`` is the dotted path of the offending entry."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class KnobError(GreenknobsError):
+    """A knob could not be applied, or its verification shows it did not take effect."""
+
+
+class IncompatibleKnobs(KnobError):
+    """A knob combination cannot run on this machine (e.g. fp16 on a CPU); the trial is infeasible."""
+
+
+class MeterUnavailable(GreenknobsError):
+    """An energy meter the user asked for explicitly cannot run here; the message says why."""

@@ -1,0 +1,79 @@
+"""The EnergyMeter contract (after Zeus's named windows).
+
+``begin_window(key)`` starts a measurement, ``end_window(key)`` returns a ``Measurement``;
+several windows may be open at once; a duplicate key is an error. ``window(key)`` wraps the
+pair as a context manager. ``probe()`` says whether the backend can run here and, if not, why.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+from greenknobs.phases import Measurement
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""
+
+
+class WindowResult:
+    """Filled in when a ``window`` context exits."""
+
+    measurement: Measurement | None = None
+
+
+class EnergyMeter(ABC):
+    name: ClassVar[str]
+    provenance: ClassVar[str]  # "measured" or "modelled" for this backend's figures
+    measures: ClassVar[tuple[str, ...]]  # hardware components covered: cpu, gpu, dram, ram
+
+    @classmethod
+    @abstractmethod
+    def probe(cls) -> Availability:
+        """Can this backend produce figures on this machine? If not, say why in one line."""
+
+    @abstractmethod
+    def begin_window(self, key: str) -> None: ...
+
+    @abstractmethod
+    def end_window(self, key: str) -> Measurement: ...
+
+    def params(self) -> dict[str, Any]:
+        """Model parameters behind the figures (empty for pure hardware counters)."""
+        return {}
+
+    def close(self) -> None:
+        """Release backend resources; the meter is not used afterwards."""
+
+    @contextmanager
+    def window(self, key: str) -> Iterator[WindowResult]:
+        result = WindowResult()
+        self.begin_window(key)
+        try:
+            yield result
+        finally:
+            result.measurement = self.end_window(key)
+
+
+class WindowRegistry:
+    """Open windows by key, shared by the backends so duplicate/unknown keys fail the same way."""
+
+    def __init__(self, meter: str):
+        self._meter = meter
+        self._open: dict[str, Any] = {}
+
+    def open(self, key: str, state: Any) -> None:
+        if key in self._open:
+            raise ValueError(f"{self._meter}: window {key!r} is already open")
+        self._open[key] = state
+
+    def close(self, key: str) -> Any:
+        try:
+            return self._open.pop(key)
+        except KeyError:
+            raise ValueError(f"{self._meter}: no open window {key!r}") from None

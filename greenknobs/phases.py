@@ -1,0 +1,112 @@
+"""The five pipeline phases and the per-phase / per-trial result types.
+
+Units live in names: ``energy_j`` is joules, ``time_s`` is seconds. Every energy figure carries
+its provenance: ``measured`` (a hardware counter) or ``modelled`` (an estimate; the model and
+its parameters are named in ``meter_params``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Execution order. "system" runs before "training" because it configures the runtime
+# (threads, batch sizes, compilation) that training and inference then use; its window
+# measures what that configuration itself costs.
+PHASES: tuple[str, ...] = ("data", "model", "system", "training", "inference")
+
+MEASURED = "measured"
+MODELLED = "modelled"
+
+
+def combine_provenance(provenances: list[str]) -> str:
+    """A total is only *measured* if every part of it was; any modelled part makes it modelled."""
+    return MEASURED if provenances and all(p == MEASURED for p in provenances) else MODELLED
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Energy and time of one meter window.
+
+    components: per hardware component (``cpu``, ``gpu``, ``dram``, ``ram``) -> {"energy_j", "provenance"}.
+    """
+
+    energy_j: float
+    time_s: float
+    provenance: str
+    meter: str
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meter_params: dict[str, Any] = field(default_factory=dict)
+    spread_j: float = 0.0  # max - min over repeats; 0 for a single run
+    repeats: int = 1
+
+    @property
+    def avg_power_w(self) -> float:
+        return self.energy_j / self.time_s if self.time_s > 0 else 0.0
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    measurement: Measurement
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def energy_j(self) -> float:
+        return self.measurement.energy_j
+
+    @property
+    def time_s(self) -> float:
+        return self.measurement.time_s
+
+
+@dataclass
+class TrialResult:
+    """Everything one trial produced: per-phase energy, quality, sample counts, knob evidence."""
+
+    knob_values: dict[str, Any]
+    phases: dict[str, PhaseResult]
+    quality: dict[str, float]
+    samples: dict[str, int]
+    verifications: dict[str, dict[str, Any]]
+
+    @property
+    def energy_j(self) -> float:
+        return sum(p.energy_j for p in self.phases.values())
+
+    @property
+    def time_s(self) -> float:
+        return sum(p.time_s for p in self.phases.values())
+
+    @property
+    def provenance(self) -> str:
+        return combine_provenance([p.measurement.provenance for p in self.phases.values()])
+
+    @property
+    def meter(self) -> str:
+        names = sorted({p.measurement.meter for p in self.phases.values()})
+        return "+".join(names)
+
+    def energy_for_scope(self, scope: str) -> float:
+        """Energy (J) of an objective scope: ``total``, a phase name, or ``inference_per_1k``."""
+        if scope == "total":
+            return self.energy_j
+        if scope == "inference_per_1k":
+            n = max(self.samples.get("inference", 0), 1)
+            return self.phases["inference"].energy_j * 1000.0 / n
+        return self.phases[scope].energy_j
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "knob_values": self.knob_values,
+            "energy_j": self.energy_j,
+            "time_s": self.time_s,
+            "provenance": self.provenance,
+            "meter": self.meter,
+            "phases": {
+                name: {**asdict(p.measurement), "details": p.details} for name, p in self.phases.items()
+            },
+            "quality": self.quality,
+            "samples": self.samples,
+            "verifications": self.verifications,
+        }
