@@ -42,7 +42,9 @@ class Constraints:
 @dataclass(frozen=True)
 class MeterConfig:
     name: str = "auto"
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # backend parameters (e.g. cpu-model watts)
+    idle_baseline_s: float = 0.0  # >0: measure idle power this long before the study (net vs gross)
+    spread_warning: float = 0.10  # warn when repeats disagree by more than this fraction of the median
 
 
 @dataclass(frozen=True)
@@ -255,8 +257,11 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         meter = MeterConfig(meter_raw)
     else:
         meter_raw = _mapping(meter_raw, "meter")
-        _reject_unknown(meter_raw, ("name", "params"), "meter")
-        meter = MeterConfig(meter_raw.get("name", "auto"), _mapping(meter_raw.get("params"), "meter.params"))
+        _reject_unknown(meter_raw, ("name", "params", "idle_baseline_s", "spread_warning"), "meter")
+        meter = MeterConfig(
+            meter_raw.get("name", "auto"), _mapping(meter_raw.get("params"), "meter.params"),
+            float(_number(meter_raw.get("idle_baseline_s", 0.0), "meter.idle_baseline_s", low=0, high=600)),
+            float(_number(meter_raw.get("spread_warning", 0.10), "meter.spread_warning", low=0, high=10)))
     from greenknobs.meters import METERS
 
     if meter.name != "auto" and meter.name not in METERS:

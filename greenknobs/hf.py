@@ -76,6 +76,22 @@ def tiny_llama_lm(layers: int = 4, hidden: int = 32, vocab: int = 100, seed: int
     return t.LlamaForCausalLM(cfg)
 
 
+def tiny_gpt2_lm(layers: int = 4, hidden: int = 32, vocab: int = 100, seed: int = 0):
+    """A random-weight GPT-2 (pre-norm) built from a config."""
+    import torch
+
+    t = _transformers()
+    torch.manual_seed(seed)
+    cfg = t.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2, n_positions=128)
+    return t.GPT2LMHeadModel(cfg)
+
+
+def llama_lm_from_config(**config: Any):
+    """A LLaMA-style causal LM with random weights from config keywords (trained from scratch)."""
+    t = _transformers()
+    return t.LlamaForCausalLM(t.LlamaConfig(**config))
+
+
 def save_pretrained(model, path: str | Path) -> None:
     model.save_pretrained(str(path))
 

@@ -108,7 +108,7 @@ class TextClassificationPipeline(Pipeline):
         tokenizer = hf.load_tokenizer(ctx.model_dir)
         ctx.pad_id = tokenizer.pad_token_id or 0
         max_len = ctx.setting("max_seq_len")
-        for part in ("train", "test"):
+        for part in ("train", "validation", "test"):
             rows = getattr(ctx, part)
             enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_len)
             for r, ids in zip(rows, enc["input_ids"]):
