@@ -1,0 +1,191 @@
+"""MLflow logging: one parent run per study, one nested run per trial. The only module importing mlflow.
+
+Uses ``MlflowClient`` with explicit run ids rather than the fluent active-run stack, so a
+failed or interrupted trial can never leave the wrong run "active".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+import logging  # noqa: E402
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+from greenknobs.errors import GreenknobsError  # noqa: E402
+from greenknobs.phases import TrialResult  # noqa: E402
+
+# Schema creation/migration chatter on every new store is noise for our users.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+STUDY_TAG = "greenknobs.study"
+ROLE_TAG = "greenknobs.role"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Keep artifacts beside a local SQLite store (runs/<name>/mlartifacts), not in the cwd."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment_name: str):
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment_name)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+                experiment_name, artifact_location=artifact_root_for(tracking_uri))
+        except Exception as exc:  # unreachable server, bad URI, migration failure
+            raise GreenknobsError(f"cannot open MLflow store {tracking_uri}: {str(exc).splitlines()[0]}") from None
+        self.parent_id: str | None = None
+
+    # -- study ---------------------------------------------------------------------------------
+    def find_parent(self, study_name: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def start_study(self, exp, study_name: str) -> str:
+        """Reuse the study's parent run (a rerun continues it) or create it; close runs a crash left open."""
+        self.parent_id = self.find_parent(study_name)
+        if self.parent_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                         tags={ROLE_TAG: "study", STUDY_TAG: study_name})
+            self.parent_id = run.info.run_id
+            params = {"pipeline": exp.pipeline, "sampler": exp.sampler, "seed": exp.seed,
+                      "objective.energy_scope": exp.objectives.energy_scope,
+                      "objective.quality": f"{exp.objectives.quality_direction} {exp.objectives.quality_metric}",
+                      "constraint.min_quality_retained": exp.constraints.min_quality_retained,
+                      "constraint.beat_trivial_by": exp.constraints.beat_trivial_by,
+                      "meter": exp.meter.name, "carbon.country_iso_code": exp.carbon.country_iso_code,
+                      "carbon.pue": exp.carbon.pue}
+            for s in exp.knobs:
+                params[f"space.{s.name}"] = s.space.describe() if s.space else f"fixed {s.default!r}"
+                params[f"baseline.{s.name}"] = s.default
+            flat: dict[str, Any] = {}
+            _flatten("pipeline", exp.pipeline_options, flat)
+            params.update(flat)
+            self.client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            if exp.source and Path(exp.source).is_file():
+                self.client.log_artifact(self.parent_id, exp.source, "experiment")
+        else:
+            self.client.update_run(self.parent_id, status="RUNNING")
+        self._close_orphans()
+        return self.parent_id
+
+    def _close_orphans(self) -> None:
+        """Trial runs still RUNNING from a process that died are marked KILLED."""
+        for run in self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}' "
+                                                         "and attributes.status = 'RUNNING'"):
+            self.client.set_tag(run.info.run_id, "state", "interrupted")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+
+    def end_study(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    # -- trials --------------------------------------------------------------------------------
+    def start_trial(self, number: int, knob_values: dict[str, Any], baseline: bool) -> str:
+        tags = {"mlflow.parentRunId": self.parent_id, "trial": str(number), "state": "running",
+                "baseline": str(baseline).lower(), ROLE_TAG: "trial"}
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}" + ("-baseline" if baseline else ""),
+                                     tags=tags)
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in knob_values.items()])
+        return run.info.run_id
+
+    def finish_trial(self, run_id: str, result: TrialResult, summary: dict[str, Any]) -> None:
+        now = int(time.time() * 1000)
+        metrics = {"energy_j.total": result.energy_j, "time_s.total": result.time_s,
+                   "objective.energy_j": summary["energy_j"],
+                   "energy_saving_pct": summary["energy_saving_pct"],
+                   "quality_retained_pct": summary["quality_retained_pct"]}
+        for name, phase in result.phases.items():
+            metrics[f"energy_j.{name}"] = phase.energy_j
+            metrics[f"time_s.{name}"] = phase.time_s
+            if phase.measurement.repeats > 1:
+                metrics[f"energy_spread_j.{name}"] = phase.measurement.spread_j
+        for k, v in result.quality.items():
+            metrics[f"quality.{k}"] = v
+        for k, v in result.samples.items():
+            metrics[f"samples.{k}"] = v
+        for k, v in summary.get("constraints", {}).items():
+            metrics[f"constraint.{k}"] = v
+        metrics.update({f"carbon_g.{k}": v for k, v in summary.get("carbon_g", {}).items()})
+        phases = list(result.phases.values())
+        tags = {"state": "complete", "provenance": result.provenance, "meter": result.meter,
+                "feasible": str(summary["feasible"]).lower()}
+        for p in phases:
+            tags[f"provenance.{p.phase}"] = p.measurement.provenance
+        params = phases[0].measurement.meter_params if phases else {}
+        tags.update({f"meter_param.{k}": str(v) for k, v in params.items()})
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                               if isinstance(v, (int, float))],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_dict(run_id, result.to_dict(), "trial_result.json")
+        self.client.log_dict(run_id, result.verifications, "knob_verification.json")
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_trial(self, run_id: str, reason: str, infeasible: bool) -> None:
+        self.client.set_tag(run_id, "state", "infeasible" if infeasible else "failed")
+        self.client.set_tag(run_id, "fail_reason", reason[:4000])
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def kill_trial(self, run_id: str) -> None:
+        self.client.set_tag(run_id, "state", "interrupted")
+        self.client.set_terminated(run_id, status="KILLED")
+
+    # -- the front -----------------------------------------------------------------------------
+    def log_front(self, rows: list[dict[str, Any]], front_trials: set[int], all_run_ids: dict[int, str],
+                  files: dict[str, Path], table: dict[str, list[Any]]) -> None:
+        """Pareto table/plots on the parent run; ``pareto`` tag on every trial run."""
+        for number, run_id in all_run_ids.items():
+            self.client.set_tag(run_id, "pareto", str(number in front_trials).lower())
+        for sub, path in files.items():
+            self.client.log_artifact(self.parent_id, str(path), sub)
+        self.client.log_table(self.parent_id, data=table, artifact_file="pareto/pareto_table.json")
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent_id, metrics=[Metric("pareto.points", float(len(front_trials)), now, 0),
+                                                      Metric("trials.total", float(len(rows)), now, 0)])
+
+    def counts(self) -> dict[str, int]:
+        """Parent and child run counts for this tracker's experiment (used by tests and the CLI)."""
+        runs = self.client.search_runs([self.experiment_id], max_results=10000)
+        parents = sum(r.data.tags.get(ROLE_TAG) == "study" for r in runs)
+        return {"parents": parents, "children": sum("mlflow.parentRunId" in r.data.tags for r in runs)}
+
+
+def ui_command(tracking_uri: str, port: int = 5000, host: str = "127.0.0.1") -> tuple[list[str], dict[str, str]]:
+    """A lean `mlflow ui` over the same store, on loopback only."""
+    import sys
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
+           "--port", str(port), "--workers", "1"]
+    root = artifact_root_for(tracking_uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return cmd, env

@@ -1,0 +1,56 @@
+"""End to end on the real all-MiniLM-L6-v2 and the real BBC News corpus, through the CLI (--quick)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = str(ROOT / "experiments" / "bbc-news-minilm.yaml")
+
+pytestmark = pytest.mark.e2e
+
+
+def gk(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "greenknobs.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=900)
+
+
+def test_quick_search_on_minilm_bbc_news(tmp_path):
+    store = ["--storage", f"sqlite:///{tmp_path}/optuna.db", "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    proc = gk("search", EXP, "--quick", "--trials", "3", *store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "trial 0: baseline" in out and "Pareto front" in out
+    for phase in ("data", "model", "system", "training", "inference"):
+        assert f"    {phase}" in out  # per-phase progress lines
+    assert "1 study run, 3 trial runs" in out
+    assert (tmp_path / "runs" / "bbc-news-minilm-quick" / "pareto" / "pareto.png").stat().st_size > 10_000
+
+    rows = json.loads(gk("pareto", EXP, "--quick", "--json", "--storage", store[1], cwd=tmp_path).stdout)
+    assert rows, "the front is never empty once the baseline completed"
+    for r in rows:
+        assert r["provenance"] == "modelled" and r["meter"] == "cpu-model"
+        assert r["meter_params"]["watts_per_busy_core"] > 0
+        assert set(r["phase_energy_j"]) == {"data", "model", "system", "training", "inference"}
+        assert r["feasible"] is True
+
+    # The real model learned the real data: the baseline beats the majority-class predictor clearly.
+    from greenknobs.config import load_experiment
+    from greenknobs.search import open_study
+
+    exp = load_experiment(EXP).quick_variant().with_overrides(storage=store[1])
+    base = open_study(exp, create=False).trials[0]
+    q = base.user_attrs["result"]["quality"]
+    assert base.user_attrs["baseline"] and q["macro_f1"] > q["majority_macro_f1"] + 0.2
+    assert base.user_attrs["result"]["samples"]["inference"] == 80  # 20 % of the 400-article quick subset
+
+    # A second run continues the same study.
+    proc = gk("search", EXP, "--quick", "--trials", "1", *store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "continuing study 'bbc-news-minilm-quick' (3 trials so far)" in proc.stdout
+    assert "1 study run, 4 trial runs" in proc.stdout
