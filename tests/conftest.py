@@ -29,3 +29,30 @@ def tiny_llama():
     from greenknobs import hf
 
     return hf.tiny_llama_lm(layers=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT (random weights) with the real MiniLM tokenizer, saved like a hub model."""
+    from greenknobs.testing import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory):
+    """90 short labelled texts in 3 topics; learnable by a tiny model in a few steps."""
+    from greenknobs.testing import make_tiny_csv
+
+    return make_tiny_csv(tmp_path_factory.mktemp("data") / "texts.csv")
+
+
+def write_experiment(tmp_path, model_dir, csv_path, **overrides):
+    """Write the tiny experiment (greenknobs.testing.tiny_experiment) to tmp_path/exp.yaml."""
+    import yaml
+
+    from greenknobs.testing import tiny_experiment
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(tiny_experiment(tmp_path, model_dir, csv_path, **overrides)))
+    return path
