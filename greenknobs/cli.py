@@ -30,7 +30,8 @@ class ConsoleReporter:
 
     def phase_done(self, number: int, phase: str, result, energy_so_far_j: float) -> None:
         m = result.measurement
-        print(f"    {phase:<9} {m.energy_j:10.1f} J {m.provenance:<8} {m.time_s:7.1f} s   "
+        spread = f" ±{m.spread_j / 2:.1f}" if m.repeats > 1 else ""
+        print(f"    {phase:<9} {m.energy_j:10.1f}{spread} J {m.provenance:<8} {m.time_s:7.1f} s   "
               f"(trial so far {energy_so_far_j:.1f} J)", flush=True)
 
     def trial_done(self, number: int, summary: dict[str, Any], left: int, eta_s: float | None) -> None:
@@ -39,7 +40,9 @@ class ConsoleReporter:
             print(f"    FAILED: {summary['failed']}  [{left} left{eta}]", flush=True)
             return
         flag = "" if summary["feasible"] else "  (violates a constraint)"
-        print(f"    => {summary['energy_j']:.1f} J {summary['provenance']} ({summary['energy_saving_pct']:+.1f} % saved), "
+        co2 = summary.get("carbon_g", {}).get("total")
+        co2 = f", {co2:.3f} g CO2e" if co2 is not None else ""
+        print(f"    => {summary['energy_j']:.1f} J {summary['provenance']}{co2} ({summary['energy_saving_pct']:+.1f} % saved), "
               f"{self.metric} {summary['quality']:.4f} ({summary['quality_retained_pct']:.1f} % kept){flag}"
               f"  [{left} left{eta}]", flush=True)
 
@@ -116,7 +119,14 @@ def cmd_meters(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(_table(rows, ["meter", "available", "measures", "provenance", "reason"]))
+    for r in rows:
+        r["auto"] = "<- auto" if r["auto"] else ""
+    print(_table(rows, ["meter", "available", "auto", "measures", "provenance", "resolution_s", "reason"]))
+    for r in rows:
+        if r["params"]:
+            params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+            print(f"\n{r['meter']} parameters (override with meter: {{params: ...}}): {params}")
+    print("\nSee docs/meters.md for what each backend measures and where the defaults come from.")
     return 0
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from greenknobs.carbon import grams_per_phase
+
 # Execution order. "system" runs before "training" because it configures the runtime
 # (threads, batch sizes, compilation) that training and inference then use; its window
 # measures what that configuration itself costs.
@@ -44,6 +46,12 @@ class Measurement:
     def avg_power_w(self) -> float:
         return self.energy_j / self.time_s if self.time_s > 0 else 0.0
 
+    def label(self) -> str:
+        """One line that never shows a figure without its meter, provenance and model parameters."""
+        params = ", ".join(f"{k}={v}" for k, v in self.meter_params.items())
+        spread = f" ±{self.spread_j / 2:.3g} (n={self.repeats})" if self.repeats > 1 else ""
+        return f"{self.energy_j:.4g} J{spread} {self.provenance} by {self.meter}" + (f" [{params}]" if params else "")
+
 
 @dataclass
 class PhaseResult:
@@ -69,6 +77,9 @@ class TrialResult:
     quality: dict[str, float]
     samples: dict[str, int]
     verifications: dict[str, dict[str, Any]]
+    idle_power_w: float | None = None  # measured before the study; None = no baseline, net not reported
+    # {"g_per_kwh": float, "source": str, "pue": float}; None = no carbon figures
+    carbon_intensity: dict[str, Any] | None = None
 
     @property
     def energy_j(self) -> float:
@@ -87,6 +98,26 @@ class TrialResult:
         names = sorted({p.measurement.meter for p in self.phases.values()})
         return "+".join(names)
 
+    @property
+    def meter_params(self) -> dict[str, Any]:
+        """Model parameters behind the figures, per meter label (one meter per trial in practice)."""
+        return {p.measurement.meter: p.measurement.meter_params for p in self.phases.values()}
+
+    def net_energy_j(self) -> dict[str, float] | None:
+        """Per phase and ``total``: gross minus idle power x time; None without an idle baseline."""
+        if self.idle_power_w is None:
+            return None
+        out = {n: p.energy_j - self.idle_power_w * p.time_s for n, p in self.phases.items()}
+        out["total"] = sum(out.values())
+        return out
+
+    def carbon_g(self) -> dict[str, float] | None:
+        """Grams CO2e per phase and ``total`` from gross energy; None without a carbon intensity."""
+        c = self.carbon_intensity
+        if c is None:
+            return None
+        return grams_per_phase({n: p.energy_j for n, p in self.phases.items()}, c["g_per_kwh"], c.get("pue", 1.0))
+
     def energy_for_scope(self, scope: str) -> float:
         """Energy (J) of an objective scope: ``total``, a phase name, or ``inference_per_1k``."""
         if scope == "total":
@@ -103,6 +134,10 @@ class TrialResult:
             "time_s": self.time_s,
             "provenance": self.provenance,
             "meter": self.meter,
+            "meter_params": self.meter_params,
+            "idle_power_w": self.idle_power_w,
+            "net_energy_j": self.net_energy_j(),
+            "carbon": None if self.carbon_intensity is None else {**self.carbon_intensity, "g": self.carbon_g()},
             "phases": {
                 name: {**asdict(p.measurement), "details": p.details} for name, p in self.phases.items()
             },

@@ -18,6 +18,7 @@ from greenknobs.context import TrialContext
 from greenknobs.errors import ConfigError
 from greenknobs.knobs.base import Knob
 from greenknobs.meters.base import EnergyMeter
+from greenknobs.noise import measure_phase
 from greenknobs.phases import PHASES, PhaseResult, TrialResult
 from greenknobs.runtime import Runtime
 
@@ -33,6 +34,10 @@ class Pipeline(ABC):
     default_metric: ClassVar[str]
     # quality metric -> the key holding a trivial predictor's score (majority class, uniform LM)
     trivial_metrics: ClassVar[dict[str, str]] = {}
+    # Phases that may run several times on the same state (repeats, short windows): each run
+    # starts from the context as it was before the phase's first run (attributes rebound by a
+    # knob, e.g. a quantised ``ctx.model``, are restored; in-place changes are not).
+    repeatable_phases: ClassVar[tuple[str, ...]] = ("inference",)
 
     def __init__(self, options: dict[str, Any]):
         self.options = options
@@ -63,6 +68,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _phase_run(pipeline: Pipeline, ctx: TrialContext, runtime: Runtime, phase: str,
+               phase_knobs: list[tuple[Knob, Any]]) -> Callable[[], None]:
+    """One run of a phase; later runs restore the context attributes the first run started from."""
+    snapshot = {**vars(ctx), "settings": dict(ctx.settings)}
+
+    def run() -> None:
+        if phase in ctx._applied_phases:  # a repeat: start again from the same state
+            vars(ctx).update({**snapshot, "settings": dict(snapshot["settings"])})
+            ctx._applied_phases.discard(phase)
+        ctx.phase = phase
+        ctx._apply_hook = lambda: [k.apply(ctx, v) for k, v in phase_knobs]
+        getattr(pipeline, phase)(ctx)
+        runtime.synchronize()
+        ctx._apply_hook = None
+        if phase not in ctx._applied_phases:
+            raise RuntimeError(f"pipeline {pipeline.name!r} never called ctx.apply_knobs() in phase {phase!r}")
+
+    return run
+
+
 def run_trial(
     pipeline: Pipeline,
     knob_values: list[tuple[Knob, Any]],
@@ -70,8 +95,19 @@ def run_trial(
     runtime: Runtime,
     seed: int,
     progress: ProgressFn | None = None,
+    *,
+    repeats: int = 1,
+    spread_warning: float = 0.10,
+    idle_power_w: float | None = None,
+    carbon_intensity: dict[str, Any] | None = None,
 ) -> TrialResult:
     """Run every phase with its knobs applied, one meter window per phase, then verify every knob.
+
+    ``repeats`` measures the pipeline's repeatable phases (inference) that many times and keeps
+    median and spread; a repeatable phase shorter than the meter resolves runs several times in
+    one window; other short phases are flagged ``below_resolution`` (see greenknobs/noise.py).
+    ``idle_power_w`` (from noise.measure_idle_power) and ``carbon_intensity``
+    ({"g_per_kwh", "source", "pue"}, see greenknobs/carbon.py) are carried into the result.
 
     Raises IncompatibleKnobs before anything runs if a value cannot work on ``runtime``;
     KnobError if a knob's verification shows it did not take effect.
@@ -86,16 +122,12 @@ def run_trial(
     ctx = TrialContext(runtime, seed)
     results: dict[str, PhaseResult] = {}
     for phase in PHASES:
-        phase_knobs = [(k, v) for k, v in knob_values if k.phase == phase]
-        ctx.phase = phase
-        ctx._apply_hook = lambda pk=phase_knobs: [k.apply(ctx, v) for k, v in pk]
-        with meter.window(phase) as window:
-            getattr(pipeline, phase)(ctx)
-            runtime.synchronize()
-        ctx._apply_hook = None
-        if phase not in ctx._applied_phases:
-            raise RuntimeError(f"pipeline {pipeline.name!r} never called ctx.apply_knobs() in phase {phase!r}")
-        results[phase] = PhaseResult(phase, window.measurement, ctx.phase_details.get(phase, {}))
+        phase_knobs = sorted(((k, v) for k, v in knob_values if k.phase == phase), key=lambda kv: kv[0].order)
+        run = _phase_run(pipeline, ctx, runtime, phase, phase_knobs)
+        measurement, facts = measure_phase(meter, phase, run, repeatable=phase in pipeline.repeatable_phases,
+                                           repeats=repeats, spread_warning=spread_warning)
+        details = {**ctx.phase_details.get(phase, {}), "measurement": facts}
+        results[phase] = PhaseResult(phase, measurement, details)
         if progress:
             progress(phase, results[phase])
     ctx.phase = None
@@ -106,4 +138,6 @@ def run_trial(
         quality=dict(ctx.quality),
         samples=dict(ctx.samples),
         verifications=verifications,
+        idle_power_w=idle_power_w,
+        carbon_intensity=carbon_intensity,
     )

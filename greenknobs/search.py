@@ -187,6 +187,30 @@ def _requeue_interrupted(study: optuna.Study) -> int:
     return count
 
 
+def study_carbon_intensity(exp: Experiment) -> dict[str, Any]:
+    """g CO2e/kWh for the experiment's grid (CodeCarbon's offline tables), with its source and PUE."""
+    from greenknobs.carbon import carbon_intensity
+
+    try:
+        g_per_kwh, source = carbon_intensity(exp.carbon.country_iso_code, exp.carbon.region)
+    except ValueError as exc:
+        raise ConfigError("carbon.region", str(exc)) from None
+    return {"g_per_kwh": g_per_kwh, "source": source, "pue": exp.carbon.pue}
+
+
+def measure_idle(exp: Experiment) -> float | None:
+    """Idle power (W) over ``meter.idle_baseline_s`` seconds before the study, for net energy."""
+    if exp.meter.idle_baseline_s <= 0:
+        return None
+    from greenknobs.noise import measure_idle_power
+
+    meter = create_meter(exp.meter.name, exp.meter.params)
+    try:
+        return measure_idle_power(meter, exp.meter.idle_baseline_s)
+    finally:
+        meter.close()
+
+
 # -- per-trial figures ---------------------------------------------------------------------
 def relative_figures(exp: Experiment, energy_j: float, quality: float, base_energy_j: float,
                      base_quality: float) -> dict[str, float]:
@@ -231,6 +255,8 @@ class Search:
         self.runtime = detect_runtime(exp.device)
         self.pipeline = pipeline_class(exp.pipeline)(exp.pipeline_options)
         self.study = open_study(exp)
+        self.carbon = study_carbon_intensity(exp)
+        self.idle_power_w: float | None = None
         self._durations: list[float] = []
         self._current_run: str | None = None
         self.requeued = 0
@@ -263,7 +289,9 @@ class Search:
         meter = None
         try:
             meter = create_meter(exp.meter.name, exp.meter.params)
-            result = run_trial(self.pipeline, knobs, meter, self.runtime, exp.seed, progress=on_phase)
+            result = run_trial(self.pipeline, knobs, meter, self.runtime, exp.seed, progress=on_phase,
+                               repeats=exp.repeats, spread_warning=exp.meter.spread_warning,
+                               idle_power_w=self.idle_power_w, carbon_intensity=self.carbon)
         except (KnobError, RuntimeError, MemoryError, OSError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             infeasible = isinstance(exc, IncompatibleKnobs)
@@ -309,6 +337,8 @@ class Search:
             "provenance": result.provenance, "meter": result.meter, "time_s": result.time_s,
             "feasible": all(v <= 0 for v in constraints.values()), "constraints": constraints,
             "trivial_quality": trivial, **rel,
+            "carbon_g": result.carbon_g() or {}, "net_energy_j": result.net_energy_j(),
+            "meter_params": next(iter(result.meter_params.values()), {}),
         }
         trial.set_user_attr("result", json.loads(json.dumps(result.to_dict(), default=str)))
         trial.set_user_attr("summary", json.loads(json.dumps(summary, default=str)))
@@ -333,7 +363,8 @@ class Search:
         before = len(self.study.trials)
         self.requeued = _requeue_interrupted(self.study)
         _ensure_baseline_queued(self.study, exp)
-        self.tracker.start_study(exp, self.study.study_name)
+        self.idle_power_w = measure_idle(exp)
+        self.tracker.start_study(exp, self.study.study_name, carbon=self.carbon, idle_power_w=self.idle_power_w)
         if self.reporter:
             self.reporter.search_started(exp, finished, exp.trials, exp.meter.name)
         try:
@@ -364,7 +395,8 @@ def trial_row(t: FrozenTrial, exp: Experiment) -> dict[str, Any]:
     s = t.user_attrs.get("summary", {})
     result = t.user_attrs.get("result", {})
     phases = result.get("phases", {})
-    meter_params = next((p.get("meter_params") for p in phases.values() if p.get("meter_params")), {})
+    meter_params = s.get("meter_params") or next(
+        (p.get("meter_params") for p in phases.values() if p.get("meter_params")), {})
     return {
         "trial": t.number,
         "baseline": bool(t.user_attrs.get("baseline")),
@@ -381,6 +413,11 @@ def trial_row(t: FrozenTrial, exp: Experiment) -> dict[str, Any]:
         "meter": s.get("meter"),
         "meter_params": meter_params,
         "phase_energy_j": {name: p.get("energy_j") for name, p in phases.items()},
+        "phase_provenance": {name: p.get("provenance") for name, p in phases.items()},
+        "carbon_g": s.get("carbon_g", {}).get("total"),
+        "carbon_g_per_phase": s.get("carbon_g", {}),
+        "carbon_source": (result.get("carbon") or {}).get("source"),
+        "net_energy_j": (s.get("net_energy_j") or {}).get("total"),
         "time_s": s.get("time_s"),
         "fail_reason": t.user_attrs.get("fail_reason"),
         "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),

@@ -68,7 +68,8 @@ class Tracker:
             max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def start_study(self, exp, study_name: str) -> str:
+    def start_study(self, exp, study_name: str, carbon: dict[str, Any] | None = None,
+                    idle_power_w: float | None = None) -> str:
         """Reuse the study's parent run (a rerun continues it) or create it; close runs a crash left open."""
         self.parent_id = self.find_parent(study_name)
         if self.parent_id is None:
@@ -82,6 +83,8 @@ class Tracker:
                       "constraint.beat_trivial_by": exp.constraints.beat_trivial_by,
                       "meter": exp.meter.name, "carbon.country_iso_code": exp.carbon.country_iso_code,
                       "carbon.pue": exp.carbon.pue}
+            if carbon:
+                params.update({"carbon.g_per_kwh": round(carbon["g_per_kwh"], 2), "carbon.source": carbon["source"]})
             for s in exp.knobs:
                 params[f"space.{s.name}"] = s.space.describe() if s.space else f"fixed {s.default!r}"
                 params[f"baseline.{s.name}"] = s.default
@@ -93,6 +96,8 @@ class Tracker:
                 self.client.log_artifact(self.parent_id, exp.source, "experiment")
         else:
             self.client.update_run(self.parent_id, status="RUNNING")
+        if idle_power_w is not None:
+            self.client.log_metric(self.parent_id, "idle_power_w", idle_power_w)
         self._close_orphans()
         return self.parent_id
 
@@ -135,6 +140,7 @@ class Tracker:
         for k, v in summary.get("constraints", {}).items():
             metrics[f"constraint.{k}"] = v
         metrics.update({f"carbon_g.{k}": v for k, v in summary.get("carbon_g", {}).items()})
+        metrics.update({f"net_energy_j.{k}": v for k, v in (summary.get("net_energy_j") or {}).items()})
         phases = list(result.phases.values())
         tags = {"state": "complete", "provenance": result.provenance, "meter": result.meter,
                 "feasible": str(summary["feasible"]).lower()}

@@ -74,9 +74,13 @@ def test_rerun_adds_trials_to_the_same_study_and_parent_run(exp_path):
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, tiny_model_dir, tiny_csv, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # the tiny model has 2 layers: removing 2 leaves none, which the knob refuses
-    path = write_experiment(tmp_path, tiny_model_dir, tiny_csv, sampler="grid",
+    path = write_experiment(tmp_path, tiny_model_dir, tiny_csv,
                             knobs={"model.layers_removed": {"default": 0, "choices": [0, 1, 2]}})
-    exp, outcome, _, tracker = run_search(path, trials=3)
+    run_search(path, trials=1)  # the baseline
+    study = search.open_study(load_experiment(path))
+    study.enqueue_trial({"model.layers_removed": 2})
+    study.enqueue_trial({"model.layers_removed": 1})
+    exp, outcome, _, tracker = run_search(path, trials=2)
     states = {t.params["model.layers_removed"]: t for t in outcome.study.get_trials()}
     assert states[0].state == TrialState.COMPLETE and states[1].state == TrialState.COMPLETE
     failed = states[2]
@@ -88,9 +92,11 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, tiny_model_dir, 
 
 def test_infeasible_combination_is_recorded_not_crashing(tmp_path, tiny_model_dir, tiny_csv, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = write_experiment(tmp_path, tiny_model_dir, tiny_csv, sampler="grid",
+    path = write_experiment(tmp_path, tiny_model_dir, tiny_csv,
                             knobs={"training.precision": {"default": "fp32", "choices": ["fp32", "fp16"]}})
-    exp, outcome, _, tracker = run_search(path, trials=2)
+    run_search(path, trials=1)  # the baseline
+    search.open_study(load_experiment(path)).enqueue_trial({"training.precision": "fp16"})
+    exp, outcome, _, tracker = run_search(path, trials=1)
     fp16 = next(t for t in outcome.study.get_trials() if t.params["training.precision"] == "fp16")
     assert fp16.state == TrialState.FAIL
     assert fp16.user_attrs["fail_reason"].startswith("infeasible: ")

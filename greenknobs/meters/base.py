@@ -7,6 +7,7 @@ pair as a context manager. ``probe()`` says whether the backend can run here and
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class EnergyMeter(ABC):
     name: ClassVar[str]
     provenance: ClassVar[str]  # "measured" or "modelled" for this backend's figures
     measures: ClassVar[tuple[str, ...]]  # hardware components covered: cpu, gpu, dram, ram
+    # Smallest window (s) whose figure is not dominated by the backend's update interval or tick.
+    # Windows shorter than MIN_WINDOW_FACTOR x this are repeated (inference) or flagged (see noise.py).
+    resolution_s: ClassVar[float] = 0.1
 
     @classmethod
     @abstractmethod
@@ -49,6 +53,11 @@ class EnergyMeter(ABC):
 
     def close(self) -> None:
         """Release backend resources; the meter is not used afterwards."""
+
+    @property
+    def label(self) -> str:
+        """Name shown in results; composites report their parts (e.g. ``nvml+cpu-model``)."""
+        return self.name
 
     @contextmanager
     def window(self, key: str) -> Iterator[WindowResult]:
@@ -72,8 +81,23 @@ class WindowRegistry:
             raise ValueError(f"{self._meter}: window {key!r} is already open")
         self._open[key] = state
 
+    def open_count(self) -> int:
+        return len(self._open)
+
     def close(self, key: str) -> Any:
         try:
             return self._open.pop(key)
         except KeyError:
             raise ValueError(f"{self._meter}: no open window {key!r}") from None
+
+
+def cuda_synchronize() -> None:
+    """Wait for queued CUDA work, but only in a process that already uses CUDA through torch.
+
+    Reads ``sys.modules`` instead of importing torch, so a meter never initialises CUDA (or
+    imports torch) on its own.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        for device in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(device)

@@ -35,6 +35,7 @@ class CpuModelMeter(EnergyMeter):
     name = "cpu-model"
     provenance = MODELLED
     measures = ("cpu", "ram")
+    resolution_s = 0.01  # getrusage advances in scheduler ticks (4-10 ms) on most kernels
 
     def __init__(self, **params: Any):
         unknown = set(params) - set(DEFAULT_PARAMS)
