@@ -7,7 +7,8 @@ LLaMA ``model.layers``, GPT-2 ``transformer.h`` ...).
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from torch import nn
 
@@ -82,3 +83,18 @@ def remove_layers(model: nn.Module, remove: Sequence[int]) -> list[int]:
     if bad:
         raise KnobError(f"layer indices {bad} out of range for a {n}-layer model")
     return keep_layers(model, [i for i in range(n) if i not in set(remove)])
+
+
+@contextmanager
+def skipping_layers(model: nn.Module, positions: set[int]) -> Iterator[None]:
+    """Temporarily run the model without the blocks at ``positions`` (their compute is really skipped).
+
+    Only the block list is swapped; the config and layer indices stay as they are, so this is
+    for cache-free scoring passes (SLEB-style), not for a model that is saved or generates.
+    """
+    parent, attr, stack = find_layer_stack(model)
+    setattr(parent, attr, nn.ModuleList([b for i, b in enumerate(stack) if i not in positions]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, stack)

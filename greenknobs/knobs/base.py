@@ -94,6 +94,9 @@ class Knob(ABC):
     verifies: ClassVar[str]  # what ``verify`` reads back, in words
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     value_type: ClassVar[type | tuple[type, ...]] = object
+    # Within a phase, knobs apply in ascending ``order`` (stable): settings that another knob of
+    # the same phase reads (e.g. the pruning method read by model.layers_removed) go first.
+    order: ClassVar[int] = 0
 
     # -- validation ------------------------------------------------------------------------
     def validate(self, value: Any, key: str) -> Any:
