@@ -92,6 +92,11 @@ def llama_lm_from_config(**config: Any):
     return t.LlamaForCausalLM(t.LlamaConfig(**config))
 
 
+def load_causal_lm(model_dir: Path):
+    """A causal LM saved with ``save_pretrained`` (e.g. a trained baseline of the causal-lm pipeline)."""
+    return _transformers().AutoModelForCausalLM.from_pretrained(str(model_dir))
+
+
 def save_pretrained(model, path: str | Path) -> None:
     model.save_pretrained(str(path))
 

@@ -112,8 +112,9 @@ def run_trial(
     Raises IncompatibleKnobs before anything runs if a value cannot work on ``runtime``;
     KnobError if a knob's verification shows it did not take effect.
     """
-    for knob, value in knob_values:
-        knob.check(value, runtime)
+    from greenknobs.knobs.compat import check_trial
+
+    check_trial(pipeline, knob_values, runtime)  # single values, then combinations, then the pipeline's own limits
     unknown = [k.name for k, _ in knob_values if k.name not in pipeline.knobs]
     if unknown:
         raise ConfigError(f"knobs.{unknown[0]}", f"not supported by pipeline {pipeline.name!r}")

@@ -177,12 +177,10 @@ def _requeue_interrupted(study: optuna.Study) -> int:
         RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
     count = 0
     for t in trials:
+        # The baseline is re-queued by _ensure_baseline_queued; re-queuing it here would run it twice.
         if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs and t.number not in retried \
-                and "retry_of" not in t.user_attrs:
-            attrs = {"retry_of": t.number}
-            if t.user_attrs.get("baseline"):
-                attrs["baseline"] = True
-            study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
+                and "retry_of" not in t.user_attrs and not t.user_attrs.get("baseline"):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             count += 1
     return count
 
@@ -273,7 +271,8 @@ class Search:
         trial.set_user_attr("knob_values", values)
         self._index += 1
         if self.reporter:
-            self.reporter.trial_started(trial.number, self._index, self._planned, values, is_baseline)
+            searched = {s.name: values[s.name] for s in exp.searched_knobs}
+            self.reporter.trial_started(trial.number, self._index, self._planned, searched, is_baseline)
         run_id = self.tracker.start_trial(trial.number, values, is_baseline)
         self._current_run = run_id
         trial.set_user_attr("mlflow_run_id", run_id)
@@ -361,8 +360,8 @@ class Search:
         exp = self.exp
         finished = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
         before = len(self.study.trials)
+        _ensure_baseline_queued(self.study, exp)  # first: every other trial is compared with it
         self.requeued = _requeue_interrupted(self.study)
-        _ensure_baseline_queued(self.study, exp)
         self.idle_power_w = measure_idle(exp)
         self.tracker.start_study(exp, self.study.study_name, carbon=self.carbon, idle_power_w=self.idle_power_w)
         if self.reporter:

@@ -9,6 +9,7 @@ from greenknobs.pipeline import Pipeline
 
 BUILT_IN = {
     "text-classification": "pipelines.text_classification:TextClassificationPipeline",
+    "causal-lm": "pipelines.causal_lm:CausalLMPipeline",
 }
 
 

@@ -1,24 +1,30 @@
 """Fine-tune a Hugging Face encoder for text classification (default: MiniLM-L6 on BBC News).
 
-data:      read the corpus, seeded stratified train/validation/test split, tokenise
-model:     load the pre-trained encoder with a fresh classification head
-system:    configure the runtime (threads, batch sizes) and place the model on the device
-training:  AdamW fine-tuning with per-batch (dynamic) padding and a linear decay schedule
-inference: predict the test split; macro-F1, accuracy, and the majority-class scores
+data:      read the corpus, seeded stratified train/validation/test split, de-duplicate and
+           subsample the training split, tokenise (optionally through the token cache)
+model:     load the pre-trained encoder with a fresh classification head; knobs prune / cast /
+           quantise / attach LoRA (pipelines.loop.prepare_model fixes their order)
+system:    configure the runtime (threads, batch sizes, workers, compile, power) and place the model
+training:  the shared loop (pipelines.loop.train): AdamW-style fine-tuning with per-batch padding,
+           a linear decay schedule, optional distillation, early stopping and an early-exit head
+inference: predict the test split (optionally compiled, cast, truncated, early-exiting);
+           macro-F1, accuracy, and the majority-class scores
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import random
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from greenknobs import hf, metrics
-from greenknobs.errors import ConfigError
-from greenknobs.knobs.data import stratified_subset
+from greenknobs import early_exit, hf, metrics, probes, token_cache
+from greenknobs.errors import ConfigError, IncompatibleKnobs
+from greenknobs.knobs.data import select_training_examples, stratified_subset
 from greenknobs.pipeline import Pipeline
+from pipelines import loop
 from pipelines.text_data import load_bbc_news, load_table
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -26,11 +32,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "model": "minilm",  # or a local Hugging Face model directory
     "split": {"train": 0.7, "validation": 0.1, "test": 0.2},
     "max_examples": None,  # stratified cap on the whole corpus (used by --quick)
+    "teacher": None,  # distillation teacher: a fine-tuned classifier directory, or "model" (the model as loaded)
 }
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
+def pad_batch(sequences: list[list[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    width = width or max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
@@ -39,18 +46,117 @@ def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def autocast(device: str, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtype)
+def collate(rows: list[dict[str, Any]], pad_id: int, width: int | None) -> dict[str, Any]:
+    """Runs in a DataLoader worker when system.dataloader_workers > 0 (module level: picklable)."""
+    ids, mask = pad_batch([r["input_ids"] for r in rows], pad_id, width)
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["label"] for r in rows]),
+            "rows": len(rows), "worker": loop.worker_id()}
+
+
+def cut(ids: list[int], limit: int) -> list[int]:
+    """Truncate a tokenised input to ``limit`` tokens, keeping its final [SEP]."""
+    return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
+
+
+class ClassificationTask:
+    """How the shared training loop batches, scores and distils for classification."""
+
+    def __init__(self):
+        self.ranges: list[tuple[int, int]] = []
+        self.first_epoch_batches = 0
+        self.exit_steps, self.exit_loss = 0, 0.0
+
+    def batch_plan(self, ctx, batch_size: int, rng: random.Random) -> list[list[int]]:
+        order = list(range(len(ctx.train)))
+        rng.shuffle(order)
+        if ctx.setting("padding") == "length_bucketed":  # similar lengths share a batch; batch order stays random
+            order.sort(key=lambda i: len(ctx.train[i]["input_ids"]))
+            plan = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+            rng.shuffle(plan)
+        else:
+            plan = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+        self.first_epoch_batches = self.first_epoch_batches or len(plan)
+        return plan
+
+    def collate_fn(self, ctx):
+        width = ctx.setting("max_seq_len") if ctx.setting("padding") == "max_length" else None
+        return functools.partial(collate, pad_id=ctx.pad_id, width=width)
+
+    def observe(self, ctx, batch: dict[str, Any]) -> None:
+        lengths = batch["attention_mask"].sum(1)
+        width, longest = batch["input_ids"].shape[1], int(lengths.max())
+        ctx.observed.record_max("longest_input_tokens", longest)
+        st = ctx.observed.values.setdefault("train_padding_stats", {
+            "batches": 0, "pad_tokens": 0, "real_tokens": 0, "wider_than_longest": 0, "min_width": width, "max_width": width})
+        st["batches"] += 1
+        st["real_tokens"] += int(lengths.sum())
+        st["pad_tokens"] += width * len(lengths) - int(lengths.sum())
+        st["wider_than_longest"] += int(width > longest and ctx.setting("padding") != "max_length")
+        st["min_width"], st["max_width"] = min(st["min_width"], width), max(st["max_width"], width)
+        self.ranges.append((int(lengths.min()), longest))
+
+    def finish(self, ctx) -> None:
+        st = ctx.observed.values.get("train_padding_stats")
+        if st:
+            ranges = sorted(self.ranges[: self.first_epoch_batches])
+            st["bucket_overlaps"] = sum(a[1] > b[0] for a, b in zip(ranges, ranges[1:]))
+            st["pad_fraction"] = round(st["pad_tokens"] / max(st["pad_tokens"] + st["real_tokens"], 1), 4)
+
+    def extra_trainable(self, ctx) -> list[torch.nn.Module]:
+        depth = ctx.setting("exit_head_depth")
+        ctx.exit_head, ctx.exit_block = None, 0
+        if depth == 0:
+            return []
+        ctx.exit_block = early_exit.exit_block(ctx.model, depth)
+        ctx.exit_head = early_exit.ExitHead(ctx.model.config.hidden_size, len(ctx.label_names)).to(ctx.runtime.device)
+        self.exit_before = probes.checksum(ctx.exit_head)
+        return [ctx.exit_head]
+
+    def forward(self, ctx, model, batch, teacher: bool = False):
+        want_exit = ctx.exit_head is not None and not teacher
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    output_hidden_states=want_exit)
+        loss = out.loss
+        if want_exit:  # joint training: the exit head learns from the hidden state after block k
+            exit_loss = F.cross_entropy(ctx.exit_head(out.hidden_states[ctx.exit_block][:, 0]).float(), batch["labels"])
+            self.exit_steps += 1
+            self.exit_loss += float(exit_loss.detach())
+            loss = loss + exit_loss
+        return loss, out.logits
+
+    def kd_loss(self, student, teacher, batch, t: float):
+        return F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
+                        log_target=True, reduction="batchmean") * t * t
+
+    def validate(self, ctx, model) -> float:
+        preds = predict(ctx, model, ctx.validation, ctx.setting("train_batch_size"))
+        return metrics.macro_f1([r["label"] for r in ctx.validation], preds)
+
+
+def predict(ctx, model, rows, batch_size: int, limit: int | None = None) -> list[int]:
+    model.eval()
+    device, out = ctx.runtime.device, []
+    with torch.inference_mode():
+        for s in range(0, len(rows), batch_size):
+            ids, mask = pad_batch([cut(r["input_ids"], limit) if limit else r["input_ids"] for r in rows[s: s + batch_size]], ctx.pad_id)
+            out.extend(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).tolist())
+    return out
 
 
 class TextClassificationPipeline(Pipeline):
     name = "text-classification"
     knobs = (
-        "data.train_fraction", "data.max_seq_len", "model.layers_removed", "system.threads",
-        "system.train_batch_size", "training.epochs", "training.learning_rate", "training.precision",
-        "inference.batch_size", "inference.quantization",
+        "data.train_fraction", "data.max_seq_len", "data.dedup", "data.padding", "data.tokenizer_cache",
+        "model.layers_removed", "model.weight_dtype", "model.attention", "model.quantized_load",
+        "model.lora_rank", "model.lora_alpha", "model.lora_targets",
+        "model.pruning_method", "model.pruning_iterative", "model.pruning_compensation", "model.calibration_samples", "model.healing_steps", "model.healing_lambda", "model.healing_temperature", "model.healing_entropy_weight",
+        "system.threads", "system.interop_threads", "system.train_batch_size", "system.dataloader_workers",
+        "system.compile", "system.gpu_power_limit",
+        "training.epochs", "training.learning_rate", "training.precision", "training.gradient_checkpointing",
+        "training.grad_accumulation", "training.optimizer", "training.early_stopping_patience",
+        "training.freeze_layers", "training.kd_lambda", "training.kd_temperature", "training.exit_head_depth",
+        "inference.batch_size", "inference.quantization", "inference.precision", "inference.compile",
+        "inference.seq_len", "inference.early_exit",
     )
     metrics = {"macro_f1": "maximize", "accuracy": "maximize"}
     default_metric = "macro_f1"
@@ -86,7 +192,25 @@ class TextClassificationPipeline(Pipeline):
         cap = merged["max_examples"]
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 20):
             raise ConfigError("pipeline.max_examples", f"must be an integer >= 20 or null, got {cap!r}")
+        teacher = merged["teacher"]
+        if teacher not in (None, "model"):
+            if not isinstance(teacher, str):
+                raise ConfigError("pipeline.teacher", "expected null, 'model' or a fine-tuned classifier directory")
+            hf.resolve_model_dir(teacher, "pipeline.teacher")
         return merged
+
+    def check_knobs(self, values: dict[str, Any], runtime) -> None:
+        """Limits of this pipeline, before anything runs."""
+        if values.get("training.kd_lambda", 0) > 0 and not self.options["teacher"]:
+            raise IncompatibleKnobs("training.kd_lambda > 0 needs pipeline.teacher: a fine-tuned classifier directory, "
+                                    "or 'model' when pipeline.model already is one (a fresh classification head "
+                                    "has nothing to teach)")
+        limit, max_len = values.get("inference.seq_len", 0), values.get("data.max_seq_len", 0)
+        if limit and max_len and limit >= max_len:
+            raise IncompatibleKnobs(f"inference.seq_len={limit} cuts nothing: inputs are already at most "
+                                    f"data.max_seq_len={max_len} tokens")
+        if values.get("training.early_stopping_patience", 0) and not self.options["split"]["validation"]:
+            raise IncompatibleKnobs("training.early_stopping_patience needs a validation split (pipeline.split.validation > 0)")
 
     # -- phases ------------------------------------------------------------------------------
     def data(self, ctx) -> None:
@@ -103,96 +227,90 @@ class TextClassificationPipeline(Pipeline):
         split = self.options["split"]
         ctx.train, ctx.validation, ctx.test = metrics.stratified_split(
             examples, (split["train"], split["validation"], split["test"]), ctx.seed)
-        ctx.apply_knobs()  # train_fraction subsamples ctx.train; max_seq_len sets the truncation
+        ctx.apply_knobs()  # dedup, train_fraction, max_seq_len, padding, tokenizer_cache: all settings
+        select_training_examples(ctx)  # de-duplicate, then subsample
         ctx.model_dir = hf.resolve_model_dir(self.options["model"])
         tokenizer = hf.load_tokenizer(ctx.model_dir)
         ctx.pad_id = tokenizer.pad_token_id or 0
         max_len = ctx.setting("max_seq_len")
+        rows = ctx.train + ctx.validation + ctx.test
+        ids, stats = token_cache.tokenize(
+            [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=True, max_length=max_len)["input_ids"],
+            f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}", max_len,
+            ctx.setting("tokenizer_cache"))
+        for r, i in zip(rows, ids):
+            r["input_ids"] = i
+        ctx.observed.record("tokenization", stats)
         for part in ("train", "validation", "test"):
-            rows = getattr(ctx, part)
-            enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_len)
-            for r, ids in zip(rows, enc["input_ids"]):
-                r["input_ids"] = ids
-            ctx.observed.record(f"truncated_{part}_inputs", sum(len(ids) >= max_len for ids in enc["input_ids"]))
+            ctx.observed.record(f"truncated_{part}_inputs", sum(len(r["input_ids"]) >= max_len for r in getattr(ctx, part)))
         ctx.samples["data"] = len(examples)
         ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
         ctx.detail("labels", labels)
+        ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
 
     def model(self, ctx) -> None:
-        ctx.model = hf.load_sequence_classifier(ctx.model_dir, len(ctx.label_names), dict(enumerate(ctx.label_names)))
-        ctx.apply_knobs()  # layers_removed prunes the loaded model
+        load = functools.partial(hf.load_sequence_classifier, num_labels=len(ctx.label_names),
+                                 id2label=dict(enumerate(ctx.label_names)))
+        ctx.model = load(ctx.model_dir)
+        teacher = self.options["teacher"]
+        # distillation's teacher: the unpruned model as loaded (or a given fine-tuned one), reloaded
+        # in the training phase only when distillation is on, so its cost lands in training energy
+        ctx.teacher_loader = (lambda: load(ctx.model_dir if teacher == "model" else hf.resolve_model_dir(teacher))) if teacher else None
+        ctx.apply_knobs()  # pruning, dtype and attention act now; quantisation and LoRA follow in order
+        heads = [n for n, m in ctx.model.named_children()
+                 if n != ctx.model.base_model_prefix and any(True for _ in m.parameters())]
+        loop.prepare_model(ctx, heads)
         ctx.detail("parameters", sum(p.numel() for p in ctx.model.parameters()))
 
     def system(self, ctx) -> None:
-        ctx.apply_knobs()  # threads, batch sizes
+        ctx.apply_knobs()  # threads, batch sizes, workers, compile, power limit
         ctx.model.to(ctx.runtime.device)
         ctx.detail("device", ctx.runtime.device)
         ctx.detail("threads", torch.get_num_threads())
 
     def training(self, ctx) -> None:
-        ctx.apply_knobs()  # epochs, learning rate, precision
-        model, device = ctx.model, ctx.runtime.device
-        epochs, batch_size = ctx.setting("epochs"), ctx.setting("train_batch_size")
-        dtype = ctx.setting("autocast_dtype")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=ctx.setting("learning_rate"))
-        steps_per_epoch = (len(ctx.train) + batch_size - 1) // batch_size
-        total_steps = epochs * steps_per_epoch
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
-        ctx.observed.record("optimizer_lr", optimizer.param_groups[0]["initial_lr"])
-        ctx.observed.record("threads_in_training", torch.get_num_threads())
-        scaler = torch.amp.GradScaler(device) if dtype == torch.float16 else None
-        rng = random.Random(ctx.seed)
-        order = list(range(len(ctx.train)))
-        model.train()
-        steps = 0
-        for epoch in range(epochs):
-            rng.shuffle(order)
-            seen = 0
-            for start in range(0, len(order), batch_size):
-                rows = [ctx.train[i] for i in order[start : start + batch_size]]
-                ids, mask = pad_batch([r["input_ids"] for r in rows], ctx.pad_id)
-                labels = torch.tensor([r["label"] for r in rows])
-                ctx.observed.record_max("longest_input_tokens", ids.shape[1])
-                ctx.observed.record_max("train_batch_size_max", len(rows))
-                with autocast(device, dtype):
-                    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
-                if steps == 0:
-                    ctx.observed.record("train_logits_dtype", str(out.logits.dtype))
-                optimizer.zero_grad(set_to_none=True)
-                if scaler:
-                    scaler.scale(out.loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    out.loss.backward()
-                    optimizer.step()
-                schedule.step()
-                steps += 1
-                seen += len(rows)
-            ctx.observed.record("epochs_completed", epoch + 1)
-            ctx.observed.record("train_examples_per_epoch", seen)
-        ctx.observed.record("optimizer_steps", steps)
-        ctx.trained_model = model
-        ctx.samples["training"] = seen * epochs
-        ctx.detail("optimizer_steps", steps)
-        ctx.detail("final_loss", out.loss.item())
+        ctx.apply_knobs()  # epochs, learning rate, precision, optimizer, ...
+        task = ClassificationTask()
+        loop.train(ctx, task)
+        task.finish(ctx)
+        head = getattr(ctx, "exit_head", None)
+        ctx.observed.record("exit_head", {
+            "block": ctx.exit_block, "steps": task.exit_steps,
+            "loss_mean": round(task.exit_loss / max(task.exit_steps, 1), 5),
+            "weights_moved": head is not None and probes.checksum(head) != task.exit_before})
 
     def inference(self, ctx) -> None:
-        ctx.apply_knobs()  # batch size, quantisation (replaces ctx.model)
+        ctx.apply_knobs()  # batch size, quantisation (replaces ctx.model), precision, compile, seq_len, early exit
         model, device = ctx.model, ctx.runtime.device
         model.eval()
-        batch_size = ctx.setting("inference_batch_size")
+        served, compile_stats = loop.inference_model(ctx, model)
+        batch_size, limit = ctx.setting("inference_batch_size"), ctx.setting("inference_seq_len")
+        threshold = ctx.setting("early_exit")
         ctx.observed.record("threads_in_inference", torch.get_num_threads())
         ctx.observed.record("inference_quantized_linears", _count_quantized(model))
+        exits = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0,
+                 "rows": 0, "exited": 0, "full": 0, "truncated_passes": 0}
         predictions: list[int] = []
         with torch.inference_mode():
             for start in range(0, len(ctx.test), batch_size):
-                rows = ctx.test[start : start + batch_size]
-                ids, mask = pad_batch([r["input_ids"] for r in rows], ctx.pad_id)
-                ctx.observed.record_max("longest_input_tokens", ids.shape[1])
+                rows = ctx.test[start: start + batch_size]
+                ids, mask = pad_batch([cut(r["input_ids"], limit) if limit else r["input_ids"] for r in rows], ctx.pad_id)
+                ids, mask = ids.to(device), mask.to(device)
+                ctx.observed.record_max("inference_longest_input", int(mask.sum(1).max()))
+                ctx.observed.record_max("longest_input_tokens", int(mask.sum(1).max()))
                 ctx.observed.record_max("inference_batch_size_max", len(rows))
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                predictions.extend(logits.argmax(-1).tolist())
+                if threshold == "off":
+                    logits = served(input_ids=ids, attention_mask=mask).logits
+                    ctx.observed.record("inference_logits_dtype", str(logits.dtype))
+                    predictions.extend(logits.argmax(-1).tolist())
+                else:
+                    predictions.extend(self._early_exit(ctx, model, ids, mask, threshold, exits))
+        exits["rows"] = len(ctx.test)
+        exits["exit_rate"] = round(exits["exited"] / max(len(ctx.test), 1), 4)
+        ctx.observed.record("early_exit", exits)
+        ctx.observed.record("inference_compile", {k: compile_stats[k] for k in ("graphs", "calls", "backend")})
+        if threshold != "off":
+            ctx.detail("exit_rate", exits["exit_rate"])
         truth = [r["label"] for r in ctx.test]
         ctx.quality = {
             "macro_f1": metrics.macro_f1(truth, predictions),
@@ -200,6 +318,24 @@ class TextClassificationPipeline(Pipeline):
             **metrics.majority_class_scores([r["label"] for r in ctx.train], truth),
         }
         ctx.samples["inference"] = len(ctx.test)
+
+    @staticmethod
+    def _early_exit(ctx, model, ids, mask, threshold: float, exits: dict[str, Any]) -> list[int]:
+        """Blocks 1..k for every row; the remaining blocks only for rows the exit head is unsure of."""
+        with early_exit.truncated(model, ctx.exit_block):
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][:, 0]
+        exits["truncated_passes"] += 1
+        exit_logits = ctx.exit_head(hidden.to(next(ctx.exit_head.parameters()).dtype))
+        ctx.observed.record("inference_logits_dtype", str(exit_logits.dtype))
+        conf, pred = exit_logits.float().softmax(-1).max(-1)
+        unsure = conf < threshold
+        if unsure.any():
+            full = model(input_ids=ids[unsure], attention_mask=mask[unsure]).logits
+            ctx.observed.record("inference_logits_dtype", str(full.dtype))
+            pred[unsure] = full.argmax(-1)
+        exits["exited"] += int((~unsure).sum())
+        exits["full"] += int(unsure.sum())
+        return pred.tolist()
 
 
 def _count_quantized(model) -> int:

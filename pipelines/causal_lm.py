@@ -1,0 +1,283 @@
+"""Causal language modelling: a small pre-norm (LLaMA-style) decoder on BBC News text.
+
+data:      read the articles, seeded split by article (stratified by topic), de-duplicate the
+           training articles, tokenise with the bundled MiniLM WordPiece tokenizer (optionally
+           through the token cache), keep the ``vocab_size`` most frequent training tokens
+           (the rest -> [UNK]; the mapping depends only on the full training split, so every trial
+           scores over the same vocabulary), cut the token stream into blocks of data.max_seq_len,
+           then keep data.train_fraction of the training blocks
+model:     a fresh decoder from a config (``model: scratch``) or a trained one from a directory
+           (e.g. one this pipeline saved with ``save_model``: the test bed for pruning + healing)
+training:  the shared loop (pipelines.loop.train), next-token cross-entropy
+inference: test perplexity in blocks of inference.seq_len (0 = pipeline.eval_seq_len, fixed so
+           that trials with different training block lengths stay comparable);
+           the trivial predictor is a unigram model fit on the training tokens
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from greenknobs import hf, metrics, token_cache
+from greenknobs.errors import ConfigError, IncompatibleKnobs
+from greenknobs.knobs.data import deduplicate_training, stratified_subset, subsample_training
+from greenknobs.pipeline import Pipeline
+from pipelines import loop
+from pipelines.text_data import load_bbc_news, load_table
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "dataset": "bbc-news",  # or {path, text_column, label_column}
+    "model": "scratch",  # or a local directory with a trained causal LM of the same vocabulary
+    "split": {"train": 0.8, "validation": 0.1, "test": 0.1},
+    "max_examples": None,  # stratified cap on the number of articles (used by --quick)
+    "vocab_size": 8000,  # most frequent training tokens kept; a small softmax keeps the model cheap
+    "hidden_size": 128,
+    "layers": 4,
+    "heads": 4,
+    "save_model": None,  # a directory: save the trained model there at the end of training
+    "eval_seq_len": 128,  # perplexity block length, fixed so trials with other training blocks stay comparable
+}
+_INTS = {"vocab_size": 50, "hidden_size": 8, "layers": 1, "heads": 1, "eval_seq_len": 8}
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"input_ids": torch.tensor([r["input_ids"] for r in rows]), "rows": len(rows), "worker": loop.worker_id()}
+
+
+def blocks(stream: list[int], length: int) -> list[list[int]]:
+    return [stream[s: s + length] for s in range(0, len(stream) - length + 1, length)]
+
+
+def token_nll(model, ids: torch.Tensor) -> tuple[float, int, torch.Tensor]:
+    """Summed next-token negative log-likelihood, the number of predicted tokens, and the logits."""
+    logits = model(input_ids=ids).logits
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+    return float(nll), ids[:, 1:].numel(), logits
+
+
+def perplexity(ctx, model, rows: list[dict[str, Any]], batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(rows), batch_size):
+            nll, n, _ = token_nll(model, torch.tensor([r["input_ids"] for r in rows[s: s + batch_size]]).to(ctx.runtime.device))
+            total, count = total + nll, count + n
+    return math.exp(total / max(count, 1))
+
+
+def unigram_perplexity(train_stream: list[int], test_rows: list[dict[str, Any]], vocab: int) -> float:
+    """The trivial predictor: token frequencies of the training text, add-one smoothed."""
+    counts = Counter(train_stream)
+    total = len(train_stream) + vocab
+    nll, n = 0.0, 0
+    for r in test_rows:
+        for t in r["input_ids"][1:]:
+            nll -= math.log((counts.get(t, 0) + 1) / total)
+            n += 1
+    return math.exp(nll / max(n, 1))
+
+
+class LanguageModelTask:
+    def batch_plan(self, ctx, batch_size: int, rng: random.Random) -> list[list[int]]:
+        order = list(range(len(ctx.train)))
+        rng.shuffle(order)
+        return [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+
+    def collate_fn(self, ctx):
+        return collate
+
+    def observe(self, ctx, batch: dict[str, Any]) -> None:
+        ctx.observed.record_max("longest_input_tokens", batch["input_ids"].shape[1])
+
+    def extra_trainable(self, ctx) -> list:
+        return []
+
+    def forward(self, ctx, model, batch, teacher: bool = False):
+        out = model(input_ids=batch["input_ids"], labels=batch["input_ids"])
+        return out.loss, out.logits
+
+    def kd_loss(self, student, teacher, batch, t: float):
+        s = F.log_softmax(student[:, :-1].float() / t, -1).flatten(0, 1)
+        q = F.log_softmax(teacher[:, :-1].float() / t, -1).flatten(0, 1)
+        return F.kl_div(s, q, log_target=True, reduction="batchmean") * t * t  # mean over predicted tokens
+
+    def validate(self, ctx, model) -> float:
+        return -perplexity(ctx, model, ctx.validation, ctx.setting("train_batch_size"))
+
+
+class CausalLMPipeline(Pipeline):
+    name = "causal-lm"
+    knobs = (
+        "data.train_fraction", "data.max_seq_len", "data.dedup", "data.tokenizer_cache",
+        "model.layers_removed", "model.weight_dtype", "model.attention", "model.quantized_load",
+        "model.lora_rank", "model.lora_alpha", "model.lora_targets",
+        "model.pruning_method", "model.pruning_iterative", "model.pruning_compensation", "model.calibration_samples",
+        "model.healing_steps", "model.healing_lambda", "model.healing_temperature", "model.healing_entropy_weight",
+        "system.threads", "system.interop_threads", "system.train_batch_size", "system.dataloader_workers",
+        "system.compile", "system.gpu_power_limit",
+        "training.epochs", "training.learning_rate", "training.precision", "training.gradient_checkpointing",
+        "training.grad_accumulation", "training.optimizer", "training.early_stopping_patience",
+        "training.freeze_layers", "training.kd_lambda", "training.kd_temperature",
+        "inference.batch_size", "inference.quantization", "inference.precision", "inference.compile",
+        "inference.seq_len",
+    )
+    metrics = {"perplexity": "minimize"}
+    default_metric = "perplexity"
+    trivial_metrics = {"perplexity": "unigram_perplexity"}
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - set(DEFAULT_OPTIONS)
+        if unknown:
+            raise ConfigError(f"pipeline.{sorted(unknown)[0]}", f"unknown option; known: {', '.join(DEFAULT_OPTIONS)}")
+        merged = {**DEFAULT_OPTIONS, **options}
+        ds = merged["dataset"]
+        if isinstance(ds, dict):
+            if "path" not in ds:
+                raise ConfigError("pipeline.dataset.path", "required for a file dataset")
+            extra = set(ds) - {"path", "text_column", "label_column"}
+            if extra:
+                raise ConfigError(f"pipeline.dataset.{sorted(extra)[0]}", "unknown option")
+        elif ds != "bbc-news":
+            raise ConfigError("pipeline.dataset", f"expected 'bbc-news' or {{path: ...}}, got {ds!r}")
+        if merged["model"] != "scratch":
+            if not isinstance(merged["model"], str):
+                raise ConfigError("pipeline.model", "expected 'scratch' or a local model directory")
+            hf.resolve_model_dir(merged["model"])
+        split = merged["split"]
+        if not isinstance(split, dict) or set(split) != {"train", "validation", "test"}:
+            raise ConfigError("pipeline.split", "expected {train, validation, test} fractions")
+        for k, v in split.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in (0, 1), got {v!r}")
+        if abs(sum(split.values()) - 1.0) > 1e-6:
+            raise ConfigError("pipeline.split", f"fractions must sum to 1, got {sum(split.values()):g}")
+        cap = merged["max_examples"]
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 20):
+            raise ConfigError("pipeline.max_examples", f"must be an integer >= 20 or null, got {cap!r}")
+        for key, low in _INTS.items():
+            v = merged[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"pipeline.{key}", f"must be an integer >= {low}, got {v!r}")
+        if merged["hidden_size"] % merged["heads"]:
+            raise ConfigError("pipeline.heads", f"must divide hidden_size ({merged['hidden_size']})")
+        if merged["save_model"] is not None and not isinstance(merged["save_model"], str):
+            raise ConfigError("pipeline.save_model", "expected a directory path or null")
+        return merged
+
+    def check_knobs(self, values: dict[str, Any], runtime) -> None:
+        if values.get("training.kd_lambda", 0) > 0 and self.options["model"] == "scratch":
+            raise IncompatibleKnobs("training.kd_lambda > 0 needs a trained teacher: set pipeline.model to a trained "
+                                    "model directory (a model trained from scratch has no unpruned teacher)")
+
+    # -- phases ------------------------------------------------------------------------------
+    def data(self, ctx) -> None:
+        ds = self.options["dataset"]
+        articles = load_bbc_news() if ds == "bbc-news" else load_table(
+            ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
+        if self.options["max_examples"]:
+            articles = stratified_subset(articles, min(1.0, self.options["max_examples"] / len(articles)), ctx.seed)
+        split = self.options["split"]
+        train, ctx.validation, ctx.test = metrics.stratified_split(
+            articles, (split["train"], split["validation"], split["test"]), ctx.seed)
+        ctx.train = train
+        ctx.apply_knobs()  # dedup, train_fraction, max_seq_len (block length), tokenizer_cache: settings
+        tokenizer = hf.load_tokenizer(hf.bundled_minilm_dir())
+        rows = train + ctx.validation + ctx.test
+        ids, stats = token_cache.tokenize(
+            [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=False, verbose=False)["input_ids"],
+            f"{type(tokenizer).__name__}|minilm|{len(tokenizer)}", 0, ctx.setting("tokenizer_cache"))
+        ctx.observed.record("tokenization", stats)
+        for r, i in zip(rows, ids):
+            r["ids"] = i[1:]  # drop [CLS]; the trailing [SEP] separates articles in the stream
+        # vocabulary from the full training split (before any knob), so every trial shares it
+        freq = Counter(t for r in train for t in r["ids"])
+        keep = [t for t, _ in freq.most_common(self.options["vocab_size"] - 1)]
+        ctx.vocab_map = {t: i + 1 for i, t in enumerate(keep)}  # 0 = [UNK]
+        ctx.vocab = self.options["vocab_size"]
+        deduplicate_training(ctx)
+        block = ctx.setting("max_seq_len")
+        ctx.train_stream = self._stream(ctx, ctx.train)
+        ctx.train = [{"input_ids": b} for b in blocks(ctx.train_stream, block)]
+        subsample_training(ctx)  # a seeded fraction of the training blocks (one stratum: no labels)
+        ctx.validation = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.validation), block)]
+        ctx.test_articles = ctx.test
+        ctx.samples["data"] = len(articles)
+        ctx.detail("articles", {"train": len(train), "validation": len(ctx.validation), "test": len(ctx.test)})
+        ctx.detail("training_blocks", len(ctx.train))
+        ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
+
+    @staticmethod
+    def _stream(ctx, articles) -> list[int]:
+        return [ctx.vocab_map.get(t, 0) for r in articles for t in r["ids"]]
+
+    def model(self, ctx) -> None:
+        o = self.options
+        if o["model"] == "scratch":
+            torch.manual_seed(ctx.seed)
+            ctx.model = hf.llama_lm_from_config(
+                vocab_size=ctx.vocab, hidden_size=o["hidden_size"], intermediate_size=o["hidden_size"] * 3,
+                num_hidden_layers=o["layers"], num_attention_heads=o["heads"], num_key_value_heads=o["heads"],
+                max_position_embeddings=1024, tie_word_embeddings=True)
+            ctx.teacher_loader = None
+        else:
+            source = hf.resolve_model_dir(o["model"])
+            ctx.model = hf.load_causal_lm(source)
+            if ctx.model.config.vocab_size != ctx.vocab:
+                raise ConfigError("pipeline.model", f"its vocabulary has {ctx.model.config.vocab_size} tokens, "
+                                                    f"pipeline.vocab_size is {ctx.vocab}")
+            ctx.teacher_loader = lambda: hf.load_causal_lm(source)  # the unpruned model as loaded
+        ctx.apply_knobs()  # pruning, dtype and attention act now; quantisation and LoRA follow in order
+        loop.prepare_model(ctx, trainable_heads=[])
+        ctx.detail("parameters", sum(p.numel() for p in ctx.model.parameters()))
+
+    def system(self, ctx) -> None:
+        ctx.apply_knobs()
+        ctx.model.to(ctx.runtime.device)
+        ctx.detail("device", ctx.runtime.device)
+        ctx.detail("threads", torch.get_num_threads())
+
+    def training(self, ctx) -> None:
+        ctx.apply_knobs()
+        loop.train(ctx, LanguageModelTask())
+        if self.options["save_model"]:
+            hf.save_pretrained(ctx.trained_model, self.options["save_model"])
+
+    def inference(self, ctx) -> None:
+        ctx.apply_knobs()  # batch size, quantisation, precision, compile, seq_len
+        model, device = ctx.model, ctx.runtime.device
+        model.eval()
+        served, compile_stats = loop.inference_model(ctx, model)
+        batch_size = ctx.setting("inference_batch_size")
+        length = ctx.setting("inference_seq_len") or self.options["eval_seq_len"]
+        ctx.observed.record("inference_default_len", self.options["eval_seq_len"])
+        test = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.test_articles), length)]
+        ctx.observed.record("threads_in_inference", torch.get_num_threads())
+        ctx.observed.record("inference_quantized_linears", _count_quantized(model))
+        ctx.observed.record("inference_block_len", length)
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for s in range(0, len(test), batch_size):
+                ids = torch.tensor([r["input_ids"] for r in test[s: s + batch_size]]).to(device)
+                ctx.observed.record_max("inference_longest_input", ids.shape[1])
+                ctx.observed.record_max("inference_batch_size_max", ids.shape[0])
+                nll, n, logits = token_nll(served, ids)
+                ctx.observed.record("inference_logits_dtype", str(logits.dtype))
+                total, count = total + nll, count + n
+        ctx.observed.record("inference_compile", {k: compile_stats[k] for k in ("graphs", "calls", "backend")})
+        ctx.quality = {"perplexity": math.exp(total / max(count, 1)),
+                       "unigram_perplexity": unigram_perplexity(ctx.train_stream, test, ctx.vocab)}
+        ctx.samples["inference"] = len(test)
+        ctx.detail("test_tokens", count)
+
+
+def _count_quantized(model) -> int:
+    from greenknobs.knobs.inference import count_quantized_linears
+
+    return count_quantized_linears(model)

@@ -1,0 +1,215 @@
+"""Combinations that cannot run are infeasible before anything runs; user knobs; LoRA that matches nothing."""
+
+from __future__ import annotations
+
+
+import pytest
+import yaml
+
+from greenknobs.errors import IncompatibleKnobs, KnobError
+from greenknobs.runtime import Runtime
+from tests import knob_harness as H
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return H.write_tiny_classifier(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def csv_path(tmp_path_factory):
+    return H.write_texts(tmp_path_factory.mktemp("data") / "texts.csv")
+
+
+@pytest.fixture
+def pipeline(model_dir, csv_path):
+    from pipelines.text_classification import TextClassificationPipeline
+
+    return TextClassificationPipeline(TextClassificationPipeline.validate_options(H.classification_options(model_dir, csv_path)))
+
+
+CPU = Runtime(device="cpu", cpu_count=1, gpu_count=0)
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"training.precision": "fp16"}, "CUDA"),
+    ({"system.gpu_power_limit": 0.7}, "GPU"),
+    ({"model.lora_alpha": 32}, "model.lora_rank"),
+    ({"model.lora_targets": "qv"}, "model.lora_rank"),
+    ({"training.kd_temperature": 4.0}, "training.kd_lambda"),
+    ({"inference.early_exit": 0.9}, "exit_head_depth"),
+    ({"inference.precision": "bf16", "inference.quantization": "dynamic_int8"}, "int8"),
+    ({"inference.compile": "inductor", "inference.early_exit": 0.9, "training.exit_head_depth": 0.5}, "compiled"),
+    ({"model.quantized_load": "nf4", "model.lora_rank": 4}, "CUDA"),
+    ({"training.optimizer": "adamw_8bit"}, "CUDA"),
+])
+def test_incompatible_combinations_are_infeasible_before_anything_runs(pipeline, monkeypatch, overrides, reason):
+    monkeypatch.setattr(pipeline, "data", lambda ctx: pytest.fail("the trial started"))
+    with pytest.raises(IncompatibleKnobs, match=reason):
+        H.run(pipeline, overrides, CPU)
+
+
+def test_distillation_without_a_teacher_is_infeasible(model_dir, csv_path):
+    from pipelines.text_classification import TextClassificationPipeline
+
+    opts = {**H.classification_options(model_dir, csv_path), "teacher": None}
+    p = TextClassificationPipeline(TextClassificationPipeline.validate_options(opts))
+    with pytest.raises(IncompatibleKnobs, match="pipeline.teacher"):
+        H.run(p, {"training.kd_lambda": 0.5}, CPU)
+
+
+def test_lora_matching_no_module_is_an_error(pipeline):
+    with pytest.raises(KnobError, match="match no Linear"):
+        H.run(pipeline, {"model.lora_rank": 4, "model.lora_targets": "no_such_proj"}, CPU)
+
+
+def test_lora_on_named_modules_logs_trainable_parameters(pipeline):
+    r = H.run(pipeline, {"model.lora_rank": 4, "model.lora_targets": "query,value"}, CPU)
+    ev = r.verifications["model.lora_targets"]
+    assert ev["targets"] == ["query", "value"]
+    rank = r.verifications["model.lora_rank"]
+    assert 0 < rank["trainable_parameters"] < rank["total_parameters"]
+
+
+def test_user_knob_from_the_experiment_file(tmp_path, model_dir, csv_path):
+    from greenknobs.config import parse_experiment
+    from greenknobs.meters.cpu_model import CpuModelMeter
+    from greenknobs.pipeline import run_trial
+    from pipelines import pipeline_class
+
+    raw = yaml.safe_load(f"""
+name: user-knob
+pipeline:
+  name: "tests.user_knobs:ClassifierWithUserKnobs"
+  model: "{model_dir}"
+  dataset: {{path: "{csv_path}", text_column: body, label_column: topic}}
+knobs:
+  user.freeze_embeddings: {{class: "tests.user_knobs:FreezeEmbeddings", choices: [false, true]}}
+  data.max_seq_len: 32
+  system.threads: 1
+  training.learning_rate: 1.0e-3
+meter: cpu-model
+""")
+    exp = parse_experiment(raw, "user.yaml")
+    pipe = pipeline_class(exp.pipeline)(exp.pipeline_options)
+    results = {}
+    for value in (False, True):
+        knobs = [(s.knob, value if s.name == "user.freeze_embeddings" else s.default) for s in exp.knobs]
+        results[value] = run_trial(pipe, knobs, CpuModelMeter(), CPU, 0).verifications["user.freeze_embeddings"]
+    assert results[False]["embeddings_unchanged"] is False
+    assert results[True]["embeddings_unchanged"] is True
+
+
+# -- GPU power limit against a fake NVML (never a real one) ------------------------------------
+class FakeNvml:
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, permitted=True, honours_set=True):
+        self.limit_mw = {0: 300_000}
+        self.permitted, self.honours_set = permitted, honours_set
+
+    def nvmlInit(self): pass
+    def nvmlShutdown(self): pass
+    def nvmlDeviceGetCount(self): return 1
+    def nvmlDeviceGetHandleByIndex(self, i): return i
+    def nvmlDeviceGetPowerManagementLimit(self, h): return self.limit_mw[h]
+    def nvmlDeviceGetPowerManagementDefaultLimit(self, h): return 300_000
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, h): return (100_000, 350_000)
+
+    def nvmlDeviceSetPowerManagementLimit(self, h, mw):
+        if not self.permitted:
+            raise self.NVMLError("Insufficient Permissions")
+        if self.honours_set:  # nvidia-ml-py 13.615 may swallow the driver's error: read back to know
+            self.limit_mw[h] = mw
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    from greenknobs import gpu_power
+
+    def install(**kw):
+        nv = FakeNvml(**kw)
+        monkeypatch.setattr(gpu_power, "_nvml", lambda: nv)
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        return nv
+    return install
+
+
+GPU = Runtime(device="cuda", cpu_count=1, gpu_count=1)
+
+
+def _power_trial(value):
+    from greenknobs import gpu_power
+    from greenknobs.context import TrialContext
+    from greenknobs.knobs import get_knob
+
+    knob, ctx = get_knob("system.gpu_power_limit"), TrialContext(GPU, 0)
+    knob.check(value, GPU)
+    knob.apply(ctx, value)
+    ctx.observed.record("gpu_power_limits_in_training_w", gpu_power.read_limits_w())  # what the loop records
+    return knob, ctx
+
+
+def test_power_limit_sets_reads_back_and_restores(fake_nvml):
+    nv = fake_nvml()
+    knob, ctx = _power_trial(0.5)
+    assert nv.limit_mw[0] == 150_000
+    ev = knob.verify(ctx, 0.5)
+    assert ev["limits_in_training_w"] == {0: 150.0}
+    assert nv.limit_mw[0] == 300_000 and ev["restored_w"] == {0: 300.0}
+
+
+def test_power_limit_refuses_without_permission(fake_nvml):
+    from greenknobs.knobs import get_knob
+
+    nv = fake_nvml(permitted=False)
+    with pytest.raises(IncompatibleKnobs, match="not applied.*root"):
+        get_knob("system.gpu_power_limit").check(0.7, GPU)
+    assert nv.limit_mw[0] == 300_000
+
+
+def test_power_limit_that_silently_did_not_apply_fails_verify(fake_nvml):
+    nv = fake_nvml(honours_set=False)
+    knob, ctx = _power_trial(0.5)
+    with pytest.raises(KnobError, match="300.0 W, target 150.0 W"):
+        knob.verify(ctx, 0.5)
+    assert nv.limit_mw[0] == 300_000
+
+
+def test_power_limit_refuses_without_a_gpu():
+    from greenknobs.knobs import get_knob
+
+    with pytest.raises(IncompatibleKnobs, match="needs an NVIDIA GPU"):
+        get_knob("system.gpu_power_limit").check(0.7, CPU)
+
+
+def test_bad_values_name_the_key():
+    from greenknobs.config import _knob_setting
+    from greenknobs.errors import ConfigError
+
+    for name, spec in (("training.kd_lambda", {"default": 1.5}), ("inference.early_exit", {"choices": ["off", 2.0]}),
+                       ("model.lora_rank", {"default": -1}), ("system.gpu_power_limit", {"default": 3.0})):
+        with pytest.raises(ConfigError) as err:
+            _knob_setting(name, spec)
+        assert err.value.key.startswith(f"knobs.{name}")
+
+
+def test_tokenizer_cache_hits_on_the_second_trial(pipeline, tmp_path, monkeypatch):
+    monkeypatch.setenv("GREENKNOBS_CACHE_DIR", str(tmp_path))
+    first = H.run(pipeline, {"data.tokenizer_cache": True}, CPU).verifications["data.tokenizer_cache"]
+    second = H.run(pipeline, {"data.tokenizer_cache": True}, CPU).verifications["data.tokenizer_cache"]
+    assert first["mode"] == "miss" and first["tokenized"] > 0
+    assert second["mode"] == "hit" and second["tokenized"] == 0 and second["hits"] == first["tokenized"] + first["hits"]
+
+
+def test_early_exit_logs_its_exit_rate(pipeline):
+    r = H.run(pipeline, {"training.exit_head_depth": 0.5, "inference.early_exit": 0.8, "training.epochs": 2}, CPU)
+    ev = r.verifications["inference.early_exit"]
+    assert ev["block"] == 2 and ev["rows"] == ev["exited"] + ev["full"]
+    assert 0.0 <= ev["exit_rate"] <= 1.0 and r.phases["inference"].details["exit_rate"] == ev["exit_rate"]
+
+
+def test_inference_seq_len_that_cuts_nothing_is_infeasible(pipeline):
+    with pytest.raises(IncompatibleKnobs, match="cuts nothing"):
+        H.run(pipeline, {"inference.seq_len": 64}, CPU)  # the harness truncates at 32 already
