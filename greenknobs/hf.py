@@ -20,6 +20,7 @@ def _transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # per-trial "Loading weights" bars drown the progress lines
     return transformers
 
 
