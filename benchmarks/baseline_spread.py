@@ -53,8 +53,7 @@ def main() -> None:
         spread = 100 * (max(vals) - min(vals)) / med if med else 0.0
         print(f"{phase:<10} {med:10.1f} {min(vals):9.1f} {max(vals):9.1f} {spread:9.1f}")
     q = [r.quality[exp.objectives.quality_metric] for r in runs]
-    print(f"{exp.objectives.quality_metric}: {min(q):.4f} .. {max(q):.4f} (same seed: differences are "
-          "thread-scheduling nondeterminism)")
+    print(f"{exp.objectives.quality_metric}: {min(q):.4f} .. {max(q):.4f} (same seed every run)")
 
 
 if __name__ == "__main__":

