@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import logging  # noqa: E402
 
@@ -172,7 +173,8 @@ class Tracker:
             self.client.set_tag(run_id, "pareto", str(number in front_trials).lower())
         for sub, path in files.items():
             self.client.log_artifact(self.parent_id, str(path), sub)
-        self.client.log_table(self.parent_id, data=table, artifact_file="pareto/pareto_table.json")
+        # log_table appends to an existing file: one snapshot per study size keeps reruns from duplicating rows.
+        self.client.log_table(self.parent_id, data=table, artifact_file=f"pareto/pareto_table_{len(rows)}_trials.json")
         now = int(time.time() * 1000)
         self.client.log_batch(self.parent_id, metrics=[Metric("pareto.points", float(len(front_trials)), now, 0),
                                                       Metric("trials.total", float(len(rows)), now, 0)])

@@ -69,6 +69,9 @@ def test_rerun_adds_trials_to_the_same_study_and_parent_run(exp_path):
     assert len(trials) == 4
     assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1  # the baseline is not re-run
     assert tracker.counts() == {"parents": 1, "children": 4}
+    # each publish logs a table snapshot of its own: MLflow's log_table would append to an existing one
+    tables = {a.path for a in tracker.client.list_artifacts(tracker.parent_id, "pareto")}
+    assert {"pareto/pareto_table_2_trials.json", "pareto/pareto_table_4_trials.json"} <= tables
 
 
 def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, tiny_model_dir, tiny_csv, monkeypatch):
