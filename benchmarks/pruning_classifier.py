@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from greenknobs import hf, metrics  # noqa: E402
 from greenknobs.meters.cpu_model import CpuModelMeter  # noqa: E402
 from greenknobs.pruning import build_calibration, prune  # noqa: E402
-from pipelines.text_data import load_bbc_news  # noqa: E402
+from pipelines.text_data import encode_labels, load_bbc_news  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 MAX_LEN, TRAIN_N, TEST_N, EPOCHS, BATCH, LR = 64, 320, 400, 2, 16, 1e-4
@@ -42,9 +42,7 @@ def data():
     if path.is_file():
         return json.loads(path.read_text())
     examples = load_bbc_news()
-    labels = sorted({e["label"] for e in examples})
-    for e in examples:
-        e["label"] = labels.index(e["label"])
+    labels = encode_labels(examples)
     splits = metrics.stratified_split(examples, (0.7, 0.1, 0.2), seed=0)
     tok = hf.load_tokenizer(hf.bundled_minilm_dir())
     out = {"labels": labels, "pad_id": tok.pad_token_id or 0}

@@ -37,7 +37,7 @@ from greenknobs import hf, metrics  # noqa: E402
 from greenknobs.meters.cpu_model import CpuModelMeter  # noqa: E402
 from greenknobs.pruning import METHODS, Calibration, prune  # noqa: E402
 from greenknobs.pruning.healing import heal  # noqa: E402
-from pipelines.text_data import load_bbc_news  # noqa: E402
+from pipelines.text_data import encode_labels, load_bbc_news  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 SEQ = 128
@@ -53,9 +53,7 @@ def corpus() -> dict[str, list[list[int]]]:
     if path.is_file():
         return json.loads(path.read_text())
     examples = load_bbc_news()
-    labels = sorted({e["label"] for e in examples})
-    for e in examples:
-        e["label"] = labels.index(e["label"])
+    encode_labels(examples)  # integer topics, for the stratified split
     train, val, test = metrics.stratified_split(examples, (0.7, 0.1, 0.2), seed=0)
     tok = hf.load_tokenizer(hf.bundled_minilm_dir())
     enc = {name: tok([e["text"] for e in part], add_special_tokens=False)["input_ids"]

@@ -25,7 +25,7 @@ from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.knobs.data import select_training_examples, stratified_subset
 from greenknobs.pipeline import Pipeline
 from pipelines import loop
-from pipelines.text_data import check_dataset_option, check_options, load_bbc_news, load_table
+from pipelines.text_data import check_dataset_option, check_options, encode_labels, load_bbc_news, load_table
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dataset": "bbc-news",  # or {path, text_column, label_column}
@@ -207,11 +207,7 @@ class TextClassificationPipeline(Pipeline):
             ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
         if self.options["max_examples"]:
             examples = stratified_subset(examples, min(1.0, self.options["max_examples"] / len(examples)), ctx.seed)
-        labels = sorted({e["label"] for e in examples})
-        ctx.label_names = labels
-        label_id = {name: i for i, name in enumerate(labels)}
-        for e in examples:
-            e["label"] = label_id[e["label"]]
+        ctx.label_names = encode_labels(examples)
         split = self.options["split"]
         ctx.train, ctx.validation, ctx.test = metrics.stratified_split(
             examples, (split["train"], split["validation"], split["test"]), ctx.seed)
@@ -233,7 +229,7 @@ class TextClassificationPipeline(Pipeline):
             ctx.observed.record(f"truncated_{part}_inputs", sum(len(r["input_ids"]) >= max_len for r in getattr(ctx, part)))
         ctx.samples["data"] = len(examples)
         ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
-        ctx.detail("labels", labels)
+        ctx.detail("labels", ctx.label_names)
         ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
 
     def model(self, ctx) -> None:

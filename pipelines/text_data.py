@@ -48,6 +48,15 @@ def load_bbc_news() -> list[dict[str, Any]]:
     return examples
 
 
+def encode_labels(examples: list[dict[str, Any]]) -> list[str]:
+    """Replace each example's label by its index in the sorted label names (stable ids); return the names."""
+    names = sorted({e["label"] for e in examples})
+    index = {name: i for i, name in enumerate(names)}
+    for e in examples:
+        e["label"] = index[e["label"]]
+    return names
+
+
 def load_table(path: str, text_column: str, label_column: str) -> list[dict[str, Any]]:
     """A CSV or JSONL file with a text column and a label column."""
     p = Path(path).expanduser()

@@ -17,6 +17,17 @@ def cpu_runtime():
     return Runtime(device="cpu", cpu_count=len(os.sched_getaffinity(0)), gpu_count=0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: thread hand-offs cost more than they save on a shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_bert():
     from greenknobs import hf

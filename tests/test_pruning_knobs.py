@@ -17,12 +17,7 @@ PRUNING_KNOBS = ("model.pruning_method", "model.pruning_iterative", "model.pruni
                  "model.healing_temperature", "model.healing_entropy_weight")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 class TinyLMPipeline(Pipeline):
