@@ -14,12 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenknobs.config import load_experiment  # noqa: E402
-from greenknobs.meters import create_meter  # noqa: E402
-from greenknobs.phases import PHASES  # noqa: E402
-from greenknobs.pipeline import run_trial  # noqa: E402
-from greenknobs.runtime import detect_runtime  # noqa: E402
-from pipelines import pipeline_class  # noqa: E402
+from greenknobs.config import load_experiment
+from greenknobs.meters import create_meter
+from greenknobs.phases import PHASES
+from greenknobs.pipeline import pipeline_class, run_trial
+from greenknobs.runtime import detect_runtime
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from greenknobs.meters import METERS, create_meter  # noqa: E402
+from greenknobs.meters import METERS, create_meter
 
 TARGET_PCT = 0.5
 
@@ -38,7 +38,7 @@ def bench(name: str, windows: int) -> dict:
         first_s = time.perf_counter() - t0
 
         wall0, cpu0 = time.perf_counter(), _cpu()
-        for i in range(windows):
+        for _ in range(windows):
             meter.begin_window("w")
             meter.end_window("w")
         wall = (time.perf_counter() - wall0) / windows

@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenknobs import hf, metrics  # noqa: E402
-from greenknobs.meters.cpu_model import CpuModelMeter  # noqa: E402
-from greenknobs.pruning import build_calibration, prune  # noqa: E402
-from pipelines.text_data import encode_labels, load_bbc_news  # noqa: E402
+from greenknobs.meters.cpu_model import CpuModelMeter
+from greenknobs.ml import hf, metrics
+from greenknobs.ml.pruning import build_calibration, prune
+from pipelines.text_data import encode_labels, load_bbc_news
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 MAX_LEN, TRAIN_N, TEST_N, EPOCHS, BATCH, LR = 64, 320, 400, 2, 16, 1e-4
@@ -127,7 +127,7 @@ def main() -> None:
         print(f"{method:<17}{mode:<10}{','.join(map(str, r['removed'])) or '-':<9}{r['f1']:>9.3f}{r['acc']:>7.3f}"
               f"{r['prune_s']:>9.1f}{r['prune_j']:>9.1f}{r['tune_s']:>8.1f}{r['tune_j']:>8.1f}", flush=True)
     print(f"\nenergy figures are modelled (CpuModelMeter); total {time.perf_counter() - t0:.0f} s "
-          f"(cached variants are not re-run: delete {cache_path.relative_to(Path.cwd()) if cache_path.is_relative_to(Path.cwd()) else cache_path} to re-measure)")
+          f"(cached variants are not re-run: delete {cache_path} to re-measure)")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenknobs import hf, metrics  # noqa: E402
-from greenknobs.meters.cpu_model import CpuModelMeter  # noqa: E402
-from greenknobs.pruning import METHODS, Calibration, prune  # noqa: E402
-from greenknobs.pruning.healing import heal  # noqa: E402
-from pipelines.text_data import encode_labels, load_bbc_news  # noqa: E402
+from greenknobs.meters.cpu_model import CpuModelMeter
+from greenknobs.ml import hf, metrics
+from greenknobs.ml.pruning import METHODS, Calibration, prune
+from greenknobs.ml.pruning.healing import heal
+from pipelines.text_data import encode_labels, load_bbc_news
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 SEQ = 128
@@ -164,7 +164,8 @@ def main() -> None:
                 alpha = ",".join(f"{a:.2f}" for a in r.alphas) or "-"
                 removed = "+".join(f"{a}{b}" for a, b in r.merged) if r.merged else ",".join(map(str, r.removed))
                 print(f"{method:<17}{'iter' if iterative else 'one-shot':<10}{'yes' if comp else 'no':<6}{removed:<10}"
-                      f"{alpha:<14}{ppl:>9.2f}{pw.measurement.time_s:>9.1f}{pw.measurement.energy_j:>9.1f}{ew.measurement.energy_j:>8.1f}", flush=True)
+                      f"{alpha:<14}{ppl:>9.2f}{pw.measurement.time_s:>9.1f}{pw.measurement.energy_j:>9.1f}"
+                      f"{ew.measurement.energy_j:>8.1f}", flush=True)
     if args.healing_steps:
         heal_data = batches(data["train"][-16 * args.healing_steps:], 16)  # fresh chunks, not the calibration set
         print(f"\nhealing: block_influence, iterative + compensation, then {args.healing_steps} KD steps "

@@ -18,10 +18,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from greenknobs import front, search  # noqa: E402
-from greenknobs.config import load_experiment  # noqa: E402
-from greenknobs.testing import make_tiny_csv, make_tiny_model_dir, tiny_experiment  # noqa: E402
-from greenknobs.tracking import Tracker  # noqa: E402
+from greenknobs import search
+from greenknobs.config import load_experiment
+from greenknobs.testing.fixtures import make_tiny_csv, make_tiny_model_dir, tiny_experiment
+from greenknobs.tracking import Tracker
 
 
 class Timing:
@@ -62,7 +62,7 @@ def main() -> None:
         outcome = runner.run()
         t_search = time.perf_counter() - t1
         t2 = time.perf_counter()
-        front.publish(exp, outcome.study, tracker)
+        search.publish(exp, outcome.study, tracker)
         t_publish = time.perf_counter() - t2
 
     done = [n for n in timing.ends if n in timing.phase_s]
@@ -72,7 +72,7 @@ def main() -> None:
     between_ms = 1000 * (t_search - sum(trial_s)) / max(len(done), 1)
     print(f"trials: {len(done)} on a 2-layer, 32-wide BERT over 90 texts (cpu-model meter, SQLite + local MLflow)")
     print(f"  pipeline phases per trial     : median {statistics.median(phase_s) * 1000:8.1f} ms")
-    print(f"  in-trial overhead (MLflow run, knob verification, Optuna attrs)")
+    print("  in-trial overhead (MLflow run, knob verification, Optuna attrs)")
     print(f"                                : median {statistics.median(overhead_ms):8.1f} ms "
           f"(min {min(overhead_ms):.1f}, max {max(overhead_ms):.1f})")
     print(f"  between trials (Optuna ask/tell, sampler, study start-up amortised): {between_ms:8.1f} ms per trial")

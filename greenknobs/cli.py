@@ -34,16 +34,16 @@ class ConsoleReporter:
         print(f"    {phase:<9} {m.energy_j:10.1f}{spread} J {m.provenance:<8} {m.time_s:7.1f} s   "
               f"(trial so far {energy_so_far_j:.1f} J)", flush=True)
 
-    def trial_done(self, number: int, summary: dict[str, Any], left: int, eta_s: float | None) -> None:
+    def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None) -> None:
         eta = f", ETA {eta_s / 60:.1f} min" if eta_s is not None and left else ""
-        if "failed" in summary:
-            print(f"    FAILED: {summary['failed']}  [{left} left{eta}]", flush=True)
+        if summary is None:
+            print(f"    FAILED: {failure}  [{left} left{eta}]", flush=True)
             return
-        flag = "" if summary["feasible"] else "  (violates a constraint)"
-        co2 = summary.get("carbon_g", {}).get("total")
+        flag = "" if summary.feasible else "  (violates a constraint)"
+        co2 = summary.carbon_g.get("total")
         co2 = f", {co2:.3f} g CO2e" if co2 is not None else ""
-        print(f"    => {summary['energy_j']:.1f} J {summary['provenance']}{co2} ({summary['energy_saving_pct']:+.1f} % saved), "
-              f"{self.metric} {summary['quality']:.4f} ({summary['quality_retained_pct']:.1f} % kept){flag}"
+        print(f"    => {summary.energy_j:.1f} J {summary.provenance}{co2} ({summary.energy_saving_pct:+.1f} % saved), "
+              f"{self.metric} {summary.quality:.4f} ({summary.quality_retained_pct:.1f} % kept){flag}"
               f"  [{left} left{eta}]", flush=True)
 
 
@@ -67,9 +67,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from greenknobs import front as front_mod
-    from greenknobs.analysis import render_front
-    from greenknobs.search import Search, mask_password
+    from greenknobs.report.tables import render_front
+    from greenknobs.search import Search, mask_password, publish
     from greenknobs.tracking import Tracker
 
     exp = _load(args)
@@ -82,12 +81,12 @@ def cmd_search(args) -> int:
         print("\ninterrupted: finished trials are saved; run the same command again to continue the study",
               file=sys.stderr)
         return 130
-    front = front_mod.publish(exp, outcome.study, tracker)
+    front = publish(exp, outcome.study, tracker)
     tracker.end_study()
     counts = tracker.counts()
     print(f"\nPareto front (feasible, from Optuna) — {len(front.rows)} point(s) of "
           f"{len(front.all_rows)} trials ({outcome.ran} new, {outcome.failed} failed):")
-    print(render_front(front.rows, exp.objectives.quality_metric))
+    print(render_front(front.rows))
     print("\nResults:")
     print(f"  Optuna study : {exp.name} in {mask_password(exp.storage)}")
     print(f"  MLflow       : {exp.mlflow_uri} (experiment {exp.name!r}: {counts['parents']} study run, "
@@ -98,17 +97,16 @@ def cmd_search(args) -> int:
 
 
 def cmd_pareto(args) -> int:
-    from greenknobs import front as front_mod
-    from greenknobs.analysis import render_front
+    from greenknobs.report.tables import render_front
     from greenknobs.search import open_study
+    from greenknobs.search.rows import front_rows
 
     exp = _load(args)
-    study = open_study(exp, create=False)
-    rows, _ = front_mod.collect(exp, study)
+    rows = front_rows(open_study(exp, create=False), exp)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
     else:
-        print(render_front(rows, exp.objectives.quality_metric))
+        print(render_front(rows))
     return 0
 
 
@@ -159,7 +157,7 @@ def cmd_ui(args) -> int:
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     cells = [[str(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, cells)])
 
 

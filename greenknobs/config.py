@@ -16,7 +16,9 @@ import yaml
 from greenknobs.errors import ConfigError
 from greenknobs.knobs import get_knob, load_knob_class
 from greenknobs.knobs.base import KnobSetting, Space
+from greenknobs.meters import METERS
 from greenknobs.phases import PHASES
+from greenknobs.pipeline import pipeline_class
 
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
@@ -83,7 +85,7 @@ class Experiment:
     def baseline_values(self) -> dict[str, Any]:
         return {k.name: k.default for k in self.knobs}
 
-    def quick_variant(self) -> "Experiment":
+    def quick_variant(self) -> Experiment:
         """The --quick budget: a subset of the data, few trials, its own study (never mixed with the full one)."""
         q = self.quick
         options = {**self.pipeline_options, **q.get("pipeline", {})}
@@ -91,7 +93,7 @@ class Experiment:
                        timeout_s=q.get("timeout_s", self.timeout_s), pipeline_options=options)
 
     def with_overrides(self, trials: int | None = None, storage: str | None = None,
-                       mlflow_uri: str | None = None) -> "Experiment":
+                       mlflow_uri: str | None = None) -> Experiment:
         return replace(self, trials=trials if trials is not None else self.trials,
                        storage=storage or self.storage, mlflow_uri=mlflow_uri or self.mlflow_uri)
 
@@ -208,8 +210,6 @@ def _constraints(raw: Any) -> Constraints:
 
 
 def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
-    from pipelines import pipeline_class
-
     if not isinstance(raw, dict):
         raise ConfigError("", f"{source}: an experiment file must be a YAML mapping")
     _reject_unknown(raw, TOP_LEVEL, "")
@@ -262,8 +262,6 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
             meter_raw.get("name", "auto"), _mapping(meter_raw.get("params"), "meter.params"),
             float(_number(meter_raw.get("idle_baseline_s", 0.0), "meter.idle_baseline_s", low=0, high=600)),
             float(_number(meter_raw.get("spread_warning", 0.10), "meter.spread_warning", low=0, high=10)))
-    from greenknobs.meters import METERS
-
     if meter.name != "auto" and meter.name not in METERS:
         raise ConfigError("meter.name", f"unknown meter {meter.name!r}; known: auto, {', '.join(METERS)}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from greenknobs.carbon import grams_per_phase
+from greenknobs.units import grams_per_phase
 
 # Execution order. "system" runs before "training" because it configures the runtime
 # (threads, batch sizes, compilation) that training and inference then use; its window
@@ -24,6 +24,14 @@ MODELLED = "modelled"
 def combine_provenance(provenances: list[str]) -> str:
     """A total is only *measured* if every part of it was; any modelled part makes it modelled."""
     return MEASURED if provenances and all(p == MEASURED for p in provenances) else MODELLED
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend (a meter, a device interface) can run on this machine, and if not, why."""
+
+    available: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,33 @@
-"""The five-phase pipeline contract and the trial runner.
+"""The five-phase pipeline contract, the pipeline registry, and the trial runner.
 
 A pipeline implements one method per phase. Each phase runs inside one energy-meter window and
 must call ``ctx.apply_knobs()`` once, at the point where that phase's knobs can act (after the
 data is read, after the model is loaded, ...). The runner refuses a phase that forgot to, so a
 knob can never be silently skipped.
+
+Pipelines are found by name: the ``greenknobs.pipelines`` entry-point group (the built-in ones
+register there in pyproject.toml; a user's package can do the same) or a ``module:Class`` path.
 """
 
 from __future__ import annotations
 
-import random
+import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar
-
-import torch
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
 
 from greenknobs.context import TrialContext
 from greenknobs.errors import ConfigError
 from greenknobs.knobs.base import Knob
+from greenknobs.knobs.compat import check_trial
 from greenknobs.meters.base import EnergyMeter
-from greenknobs.noise import measure_phase
+from greenknobs.meters.noise import measure_phase
 from greenknobs.phases import PHASES, PhaseResult, TrialResult
-from greenknobs.runtime import Runtime
+from greenknobs.runtime import Runtime, seed_everything
 
 ProgressFn = Callable[[str, PhaseResult], None]
+ENTRY_POINT_GROUP = "greenknobs.pipelines"
 
 
 class Pipeline(ABC):
@@ -35,8 +40,8 @@ class Pipeline(ABC):
     # quality metric -> the key holding a trivial predictor's score (majority class, uniform LM)
     trivial_metrics: ClassVar[dict[str, str]] = {}
     # Phases that may run several times on the same state (repeats, short windows): each run
-    # starts from the context as it was before the phase's first run (attributes rebound by a
-    # knob, e.g. a quantised ``ctx.model``, are restored; in-place changes are not).
+    # starts from the context as it was before the phase's first run (fields rebound by a knob,
+    # e.g. a quantised ``ctx.model``, are restored; in-place changes are not).
     repeatable_phases: ClassVar[tuple[str, ...]] = ("inference",)
 
     def __init__(self, options: dict[str, Any]):
@@ -46,6 +51,9 @@ class Pipeline(ABC):
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Return normalised options or raise ConfigError naming the key (``pipeline.<key>``)."""
         return options
+
+    def check_knobs(self, values: dict[str, Any], runtime: Runtime) -> None:
+        """Raise IncompatibleKnobs for combinations this pipeline cannot run (before anything runs)."""
 
     @abstractmethod
     def data(self, ctx: TrialContext) -> None: ...
@@ -63,29 +71,63 @@ class Pipeline(ABC):
     def inference(self, ctx: TrialContext) -> None: ...
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+# -- the registry ----------------------------------------------------------------------------------
+def registered_pipelines() -> dict[str, str]:
+    """Pipeline name -> ``module:Class`` for every pipeline registered under the entry-point group."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def pipeline_class(name: str) -> type[Pipeline]:
+    """A registered pipeline name, or ``module:Class`` for one that is not registered."""
+    registered = registered_pipelines()
+    path = registered.get(name, name)
+    module_name, _, class_name = path.partition(":")
+    if not class_name:
+        known = ", ".join(sorted(registered)) or "none (is greenknobs installed? pip install -e .)"
+        raise ConfigError("pipeline.name", f"unknown pipeline {name!r}; registered: {known}; or give module:Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("pipeline.name", f"cannot import {path!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+        raise ConfigError("pipeline.name", f"{path!r} is not a greenknobs Pipeline")
+    return cls
+
+
+# -- the trial runner ---------------------------------------------------------------------------------
 def _phase_run(pipeline: Pipeline, ctx: TrialContext, runtime: Runtime, phase: str,
                phase_knobs: list[tuple[Knob, Any]]) -> Callable[[], None]:
-    """One run of a phase; later runs restore the context attributes the first run started from."""
-    snapshot = {**vars(ctx), "settings": dict(ctx.settings)}
+    """One run of a phase; later runs restore the context fields the first run started from."""
+    snapshot = ctx.snapshot()
 
     def run() -> None:
-        if phase in ctx._applied_phases:  # a repeat: start again from the same state
-            vars(ctx).update({**snapshot, "settings": dict(snapshot["settings"])})
-            ctx._applied_phases.discard(phase)
+        if phase in ctx.applied_phases:  # a repeat: start again from the same state
+            ctx.restore(snapshot)
+        def apply_all() -> None:
+            for knob, value in phase_knobs:
+                knob.apply(ctx, value)
+
         ctx.phase = phase
-        ctx._apply_hook = lambda: [k.apply(ctx, v) for k, v in phase_knobs]
+        ctx.apply_hook = apply_all
         getattr(pipeline, phase)(ctx)
         runtime.synchronize()
-        ctx._apply_hook = None
-        if phase not in ctx._applied_phases:
+        ctx.apply_hook = None
+        if phase not in ctx.applied_phases:
             raise RuntimeError(f"pipeline {pipeline.name!r} never called ctx.apply_knobs() in phase {phase!r}")
 
     return run
+
+
+def _release_all(knob_values: list[tuple[Knob, Any]], ctx: TrialContext) -> None:
+    """Every knob gives back what it took, even when another one's release fails."""
+    errors = []
+    for knob, value in knob_values:
+        try:
+            knob.release(ctx, value)
+        except Exception as exc:
+            errors.append(f"{knob.name}: {type(exc).__name__}: {exc}")
+    if errors:
+        raise RuntimeError("releasing knobs failed: " + "; ".join(errors))
 
 
 def run_trial(
@@ -105,34 +147,36 @@ def run_trial(
 
     ``repeats`` measures the pipeline's repeatable phases (inference) that many times and keeps
     median and spread; a repeatable phase shorter than the meter resolves runs several times in
-    one window; other short phases are flagged ``below_resolution`` (see greenknobs/noise.py).
+    one window; other short phases are flagged ``below_resolution`` (see meters/noise.py).
     ``idle_power_w`` (from noise.measure_idle_power) and ``carbon_intensity``
-    ({"g_per_kwh", "source", "pue"}, see greenknobs/carbon.py) are carried into the result.
+    ({"g_per_kwh", "source", "pue"}, see meters/carbon.py) are carried into the result.
+    Every knob's ``release`` runs afterwards, whether the trial succeeded or not.
 
     Raises IncompatibleKnobs before anything runs if a value cannot work on ``runtime``;
     KnobError if a knob's verification shows it did not take effect.
     """
-    from greenknobs.knobs.compat import check_trial
-
     check_trial(pipeline, knob_values, runtime)  # single values, then combinations, then the pipeline's own limits
     unknown = [k.name for k, _ in knob_values if k.name not in pipeline.knobs]
     if unknown:
         raise ConfigError(f"knobs.{unknown[0]}", f"not supported by pipeline {pipeline.name!r}")
 
     seed_everything(seed)
-    ctx = TrialContext(runtime, seed)
+    ctx = TrialContext(runtime, seed, meter=meter)
     results: dict[str, PhaseResult] = {}
-    for phase in PHASES:
-        phase_knobs = sorted(((k, v) for k, v in knob_values if k.phase == phase), key=lambda kv: kv[0].order)
-        run = _phase_run(pipeline, ctx, runtime, phase, phase_knobs)
-        measurement, facts = measure_phase(meter, phase, run, repeatable=phase in pipeline.repeatable_phases,
-                                           repeats=repeats, spread_warning=spread_warning)
-        details = {**ctx.phase_details.get(phase, {}), "measurement": facts}
-        results[phase] = PhaseResult(phase, measurement, details)
-        if progress:
-            progress(phase, results[phase])
-    ctx.phase = None
-    verifications = {k.name: {"value": v, **k.verify(ctx, v)} for k, v in knob_values}
+    try:
+        for phase in PHASES:
+            phase_knobs = sorted(((k, v) for k, v in knob_values if k.phase == phase), key=lambda kv: kv[0].order)
+            run = _phase_run(pipeline, ctx, runtime, phase, phase_knobs)
+            measurement, facts = measure_phase(meter, phase, run, repeatable=phase in pipeline.repeatable_phases,
+                                               repeats=repeats, spread_warning=spread_warning)
+            details = {**ctx.phase_details.get(phase, {}), "measurement": facts}
+            results[phase] = PhaseResult(phase, measurement, details)
+            if progress:
+                progress(phase, results[phase])
+        ctx.phase = None
+        verifications = {k.name: {"value": v, **k.verify(ctx, v)} for k, v in knob_values}
+    finally:
+        _release_all(knob_values, ctx)
     return TrialResult(
         knob_values={k.name: v for k, v in knob_values},
         phases=results,

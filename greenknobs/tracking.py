@@ -14,14 +14,15 @@ from typing import Any
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-import logging  # noqa: E402
+import logging
 
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 
-from greenknobs.errors import GreenknobsError  # noqa: E402
-from greenknobs.phases import TrialResult  # noqa: E402
+from greenknobs.errors import GreenknobsError
+from greenknobs.phases import TrialResult
+from greenknobs.records import TrialRow, TrialSummary
 
 # Schema creation/migration chatter on every new store is noise for our users.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -123,12 +124,12 @@ class Tracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in knob_values.items()])
         return run.info.run_id
 
-    def finish_trial(self, run_id: str, result: TrialResult, summary: dict[str, Any]) -> None:
+    def finish_trial(self, run_id: str, result: TrialResult, summary: TrialSummary) -> None:
         now = int(time.time() * 1000)
         metrics = {"energy_j.total": result.energy_j, "time_s.total": result.time_s,
-                   "objective.energy_j": summary["energy_j"],
-                   "energy_saving_pct": summary["energy_saving_pct"],
-                   "quality_retained_pct": summary["quality_retained_pct"]}
+                   "objective.energy_j": summary.energy_j,
+                   "energy_saving_pct": summary.energy_saving_pct,
+                   "quality_retained_pct": summary.quality_retained_pct}
         for name, phase in result.phases.items():
             metrics[f"energy_j.{name}"] = phase.energy_j
             metrics[f"time_s.{name}"] = phase.time_s
@@ -138,13 +139,13 @@ class Tracker:
             metrics[f"quality.{k}"] = v
         for k, v in result.samples.items():
             metrics[f"samples.{k}"] = v
-        for k, v in summary.get("constraints", {}).items():
+        for k, v in summary.constraints.items():
             metrics[f"constraint.{k}"] = v
-        metrics.update({f"carbon_g.{k}": v for k, v in summary.get("carbon_g", {}).items()})
-        metrics.update({f"net_energy_j.{k}": v for k, v in (summary.get("net_energy_j") or {}).items()})
+        metrics.update({f"carbon_g.{k}": v for k, v in summary.carbon_g.items()})
+        metrics.update({f"net_energy_j.{k}": v for k, v in (summary.net_energy_j or {}).items()})
         phases = list(result.phases.values())
         tags = {"state": "complete", "provenance": result.provenance, "meter": result.meter,
-                "feasible": str(summary["feasible"]).lower()}
+                "feasible": str(summary.feasible).lower()}
         for p in phases:
             tags[f"provenance.{p.phase}"] = p.measurement.provenance
         params = phases[0].measurement.meter_params if phases else {}
@@ -166,13 +167,13 @@ class Tracker:
         self.client.set_terminated(run_id, status="KILLED")
 
     # -- the front -----------------------------------------------------------------------------
-    def log_front(self, rows: list[dict[str, Any]], front_trials: set[int], all_run_ids: dict[int, str],
-                  files: dict[str, Path], table: dict[str, list[Any]]) -> None:
-        """Pareto table/plots on the parent run; ``pareto`` tag on every trial run."""
+    def log_front(self, rows: list[TrialRow], front_trials: set[int], all_run_ids: dict[int, str],
+                  files: list[Path], table: dict[str, list[Any]]) -> None:
+        """Pareto table/plots on the parent run (under ``pareto/``); ``pareto`` tag on every trial run."""
         for number, run_id in all_run_ids.items():
             self.client.set_tag(run_id, "pareto", str(number in front_trials).lower())
-        for sub, path in files.items():
-            self.client.log_artifact(self.parent_id, str(path), sub)
+        for path in files:
+            self.client.log_artifact(self.parent_id, str(path), "pareto")
         # log_table appends to an existing file: one snapshot per study size keeps reruns from duplicating rows.
         self.client.log_table(self.parent_id, data=table, artifact_file=f"pareto/pareto_table_{len(rows)}_trials.json")
         now = int(time.time() * 1000)

@@ -8,7 +8,7 @@ data:      read the articles, seeded split by article (stratified by topic), de-
            then keep data.train_fraction of the training blocks
 model:     a fresh decoder from a config (``model: scratch``) or a trained one from a directory
            (e.g. one this pipeline saved with ``save_model``: the test bed for pruning + healing)
-training:  the shared loop (pipelines.loop.train), next-token cross-entropy
+training:  the shared loop (ml.train_loop.train), next-token cross-entropy
 inference: test perplexity in blocks of inference.seq_len (0 = pipeline.eval_seq_len, fixed so
            that trials with different training block lengths stay comparable);
            the trivial predictor is a unigram model fit on the training tokens
@@ -24,11 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from greenknobs import hf, metrics, token_cache
 from greenknobs.errors import ConfigError, IncompatibleKnobs
-from greenknobs.knobs.data import deduplicate_training, stratified_subset, subsample_training
+from greenknobs.ml import hf, metrics, token_cache
+from greenknobs.ml import train_loop as loop
+from greenknobs.ml.data import deduplicate_training, stratified_subset, subsample_training
+from greenknobs.ml.quantize import count_quantized_linears
 from greenknobs.pipeline import Pipeline
-from pipelines import loop
 from pipelines.text_data import check_dataset_option, check_options, load_bbc_news, load_table
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -108,7 +109,7 @@ class LanguageModelTask:
         return F.kl_div(s, q, log_target=True, reduction="batchmean") * t * t  # mean over predicted tokens
 
     def validate(self, ctx, model) -> float:
-        return -perplexity(ctx, model, ctx.validation, ctx.setting("train_batch_size"))
+        return -perplexity(ctx, model, ctx.validation, ctx.setting("system.train_batch_size"))
 
 
 class CausalLMPipeline(Pipeline):
@@ -181,22 +182,22 @@ class CausalLMPipeline(Pipeline):
         rows = train + ctx.validation + ctx.test
         ids, stats = token_cache.tokenize(
             [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=False, verbose=False)["input_ids"],
-            f"{type(tokenizer).__name__}|minilm|{len(tokenizer)}", 0, ctx.setting("tokenizer_cache"))
+            f"{type(tokenizer).__name__}|minilm|{len(tokenizer)}", 0, ctx.setting("data.tokenizer_cache"))
         ctx.observed.record("tokenization", stats)
         for r, i in zip(rows, ids):
             r["ids"] = i[1:]  # drop [CLS]; the trailing [SEP] separates articles in the stream
         # vocabulary from the full training split (before any knob), so every trial shares it
         freq = Counter(t for r in train for t in r["ids"])
         keep = [t for t, _ in freq.most_common(self.options["vocab_size"] - 1)]
-        ctx.vocab_map = {t: i + 1 for i, t in enumerate(keep)}  # 0 = [UNK]
-        ctx.vocab = self.options["vocab_size"]
+        ctx.extras["vocab_map"] = {t: i + 1 for i, t in enumerate(keep)}  # 0 = [UNK]
+        ctx.extras["vocab"] = self.options["vocab_size"]
         deduplicate_training(ctx)
-        block = ctx.setting("max_seq_len")
-        ctx.train_stream = self._stream(ctx, ctx.train)
-        ctx.train = [{"input_ids": b} for b in blocks(ctx.train_stream, block)]
+        block = ctx.setting("data.max_seq_len")
+        ctx.extras["train_stream"] = self._stream(ctx, ctx.train)
+        ctx.train = [{"input_ids": b} for b in blocks(ctx.extras["train_stream"], block)]
         subsample_training(ctx)  # a seeded fraction of the training blocks (one stratum: no labels)
         ctx.validation = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.validation), block)]
-        ctx.test_articles = ctx.test
+        ctx.extras["test_articles"] = ctx.test
         ctx.samples["data"] = len(articles)
         ctx.detail("articles", {"train": len(train), "validation": len(ctx.validation), "test": len(ctx.test)})
         ctx.detail("training_blocks", len(ctx.train))
@@ -204,23 +205,23 @@ class CausalLMPipeline(Pipeline):
 
     @staticmethod
     def _stream(ctx, articles) -> list[int]:
-        return [ctx.vocab_map.get(t, 0) for r in articles for t in r["ids"]]
+        return [ctx.extras["vocab_map"].get(t, 0) for r in articles for t in r["ids"]]
 
     def model(self, ctx) -> None:
         o = self.options
         if o["model"] == "scratch":
             torch.manual_seed(ctx.seed)
             ctx.model = hf.llama_lm_from_config(
-                vocab_size=ctx.vocab, hidden_size=o["hidden_size"], intermediate_size=o["hidden_size"] * 3,
+                vocab_size=ctx.extras["vocab"], hidden_size=o["hidden_size"], intermediate_size=o["hidden_size"] * 3,
                 num_hidden_layers=o["layers"], num_attention_heads=o["heads"], num_key_value_heads=o["heads"],
                 max_position_embeddings=1024, tie_word_embeddings=True)
             ctx.teacher_loader = None
         else:
             source = hf.resolve_model_dir(o["model"])
             ctx.model = hf.load_causal_lm(source)
-            if ctx.model.config.vocab_size != ctx.vocab:
+            if ctx.model.config.vocab_size != ctx.extras["vocab"]:
                 raise ConfigError("pipeline.model", f"its vocabulary has {ctx.model.config.vocab_size} tokens, "
-                                                    f"pipeline.vocab_size is {ctx.vocab}")
+                                                    f"pipeline.vocab_size is {ctx.extras['vocab']}")
             ctx.teacher_loader = lambda: hf.load_causal_lm(source)  # the unpruned model as loaded
         ctx.apply_knobs()  # pruning, dtype and attention act now; quantisation and LoRA follow in order
         loop.prepare_model(ctx, trainable_heads=[])
@@ -243,12 +244,12 @@ class CausalLMPipeline(Pipeline):
         model, device = ctx.model, ctx.runtime.device
         model.eval()
         served, compile_stats = loop.inference_model(ctx, model)
-        batch_size = ctx.setting("inference_batch_size")
-        length = ctx.setting("inference_seq_len") or self.options["eval_seq_len"]
+        batch_size = ctx.setting("inference.batch_size")
+        length = ctx.setting("inference.seq_len") or self.options["eval_seq_len"]
         ctx.observed.record("inference_default_len", self.options["eval_seq_len"])
-        test = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.test_articles), length)]
+        test = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.extras["test_articles"]), length)]
         ctx.observed.record("threads_in_inference", torch.get_num_threads())
-        ctx.observed.record("inference_quantized_linears", _count_quantized(model))
+        ctx.observed.record("inference_quantized_linears", count_quantized_linears(model))
         ctx.observed.record("inference_block_len", length)
         total, count = 0.0, 0
         with torch.inference_mode():
@@ -261,12 +262,6 @@ class CausalLMPipeline(Pipeline):
                 total, count = total + nll, count + n
         ctx.observed.record("inference_compile", {k: compile_stats[k] for k in ("graphs", "calls", "backend")})
         ctx.quality = {"perplexity": math.exp(total / max(count, 1)),
-                       "unigram_perplexity": unigram_perplexity(ctx.train_stream, test, ctx.vocab)}
+                       "unigram_perplexity": unigram_perplexity(ctx.extras["train_stream"], test, ctx.extras["vocab"])}
         ctx.samples["inference"] = len(test)
         ctx.detail("test_tokens", count)
-
-
-def _count_quantized(model) -> int:
-    from greenknobs.knobs.inference import count_quantized_linears
-
-    return count_quantized_linears(model)

@@ -3,9 +3,9 @@
 data:      read the corpus, seeded stratified train/validation/test split, de-duplicate and
            subsample the training split, tokenise (optionally through the token cache)
 model:     load the pre-trained encoder with a fresh classification head; knobs prune / cast /
-           quantise / attach LoRA (pipelines.loop.prepare_model fixes their order)
+           quantise / attach LoRA (ml.train_loop.prepare_model fixes their order)
 system:    configure the runtime (threads, batch sizes, workers, compile, power) and place the model
-training:  the shared loop (pipelines.loop.train): AdamW-style fine-tuning with per-batch padding,
+training:  the shared loop (ml.train_loop.train): AdamW-style fine-tuning with per-batch padding,
            a linear decay schedule, optional distillation, early stopping and an early-exit head
 inference: predict the test split (optionally compiled, cast, truncated, early-exiting);
            macro-F1, accuracy, and the majority-class scores
@@ -20,11 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from greenknobs import early_exit, hf, metrics, probes, token_cache
 from greenknobs.errors import ConfigError, IncompatibleKnobs
-from greenknobs.knobs.data import select_training_examples, stratified_subset
+from greenknobs.ml import early_exit, hf, metrics, probes, token_cache
+from greenknobs.ml import train_loop as loop
+from greenknobs.ml.data import select_training_examples, stratified_subset
+from greenknobs.ml.quantize import count_quantized_linears
 from greenknobs.pipeline import Pipeline
-from pipelines import loop
 from pipelines.text_data import check_dataset_option, check_options, encode_labels, load_bbc_news, load_table
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -69,7 +70,7 @@ class ClassificationTask:
     def batch_plan(self, ctx, batch_size: int, rng: random.Random) -> list[list[int]]:
         order = list(range(len(ctx.train)))
         rng.shuffle(order)
-        if ctx.setting("padding") == "length_bucketed":  # similar lengths share a batch; batch order stays random
+        if ctx.setting("data.padding") == "length_bucketed":  # similar lengths share a batch; batch order stays random
             order.sort(key=lambda i: len(ctx.train[i]["input_ids"]))
             plan = [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
             rng.shuffle(plan)
@@ -79,7 +80,7 @@ class ClassificationTask:
         return plan
 
     def collate_fn(self, ctx):
-        width = ctx.setting("max_seq_len") if ctx.setting("padding") == "max_length" else None
+        width = ctx.setting("data.max_seq_len") if ctx.setting("data.padding") == "max_length" else None
         return functools.partial(collate, pad_id=ctx.pad_id, width=width)
 
     def observe(self, ctx, batch: dict[str, Any]) -> None:
@@ -91,7 +92,7 @@ class ClassificationTask:
         st["batches"] += 1
         st["real_tokens"] += int(lengths.sum())
         st["pad_tokens"] += width * len(lengths) - int(lengths.sum())
-        st["wider_than_longest"] += int(width > longest and ctx.setting("padding") != "max_length")
+        st["wider_than_longest"] += int(width > longest and ctx.setting("data.padding") != "max_length")
         st["min_width"], st["max_width"] = min(st["min_width"], width), max(st["max_width"], width)
         self.ranges.append((int(lengths.min()), longest))
 
@@ -103,12 +104,12 @@ class ClassificationTask:
             st["pad_fraction"] = round(st["pad_tokens"] / max(st["pad_tokens"] + st["real_tokens"], 1), 4)
 
     def extra_trainable(self, ctx) -> list[torch.nn.Module]:
-        depth = ctx.setting("exit_head_depth")
+        depth = ctx.setting("training.exit_head_depth")
         ctx.exit_head, ctx.exit_block = None, 0
         if depth == 0:
             return []
         ctx.exit_block = early_exit.exit_block(ctx.model, depth)
-        ctx.exit_head = early_exit.ExitHead(ctx.model.config.hidden_size, len(ctx.label_names)).to(ctx.runtime.device)
+        ctx.exit_head = early_exit.ExitHead(ctx.model.config.hidden_size, len(ctx.extras["label_names"])).to(ctx.runtime.device)
         self.exit_before = probes.checksum(ctx.exit_head)
         return [ctx.exit_head]
 
@@ -129,7 +130,7 @@ class ClassificationTask:
                         log_target=True, reduction="batchmean") * t * t
 
     def validate(self, ctx, model) -> float:
-        preds = predict(ctx, model, ctx.validation, ctx.setting("train_batch_size"))
+        preds = predict(ctx, model, ctx.validation, ctx.setting("system.train_batch_size"))
         return metrics.macro_f1([r["label"] for r in ctx.validation], preds)
 
 
@@ -149,7 +150,8 @@ class TextClassificationPipeline(Pipeline):
         "data.train_fraction", "data.max_seq_len", "data.dedup", "data.padding", "data.tokenizer_cache",
         "model.layers_removed", "model.weight_dtype", "model.attention", "model.quantized_load",
         "model.lora_rank", "model.lora_alpha", "model.lora_targets",
-        "model.pruning_method", "model.pruning_iterative", "model.pruning_compensation", "model.calibration_samples", "model.healing_steps", "model.healing_lambda", "model.healing_temperature", "model.healing_entropy_weight",
+        "model.pruning_method", "model.pruning_iterative", "model.pruning_compensation", "model.calibration_samples",
+        "model.healing_steps", "model.healing_lambda", "model.healing_temperature", "model.healing_entropy_weight",
         "system.threads", "system.interop_threads", "system.train_batch_size", "system.dataloader_workers",
         "system.compile", "system.gpu_power_limit",
         "training.epochs", "training.learning_rate", "training.precision", "training.gradient_checkpointing",
@@ -207,21 +209,21 @@ class TextClassificationPipeline(Pipeline):
             ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
         if self.options["max_examples"]:
             examples = stratified_subset(examples, min(1.0, self.options["max_examples"] / len(examples)), ctx.seed)
-        ctx.label_names = encode_labels(examples)
+        ctx.extras["label_names"] = encode_labels(examples)
         split = self.options["split"]
         ctx.train, ctx.validation, ctx.test = metrics.stratified_split(
             examples, (split["train"], split["validation"], split["test"]), ctx.seed)
         ctx.apply_knobs()  # dedup, train_fraction, max_seq_len, padding, tokenizer_cache: all settings
         select_training_examples(ctx)  # de-duplicate, then subsample
-        ctx.model_dir = hf.resolve_model_dir(self.options["model"])
-        tokenizer = hf.load_tokenizer(ctx.model_dir)
+        ctx.extras["model_dir"] = hf.resolve_model_dir(self.options["model"])
+        tokenizer = hf.load_tokenizer(ctx.extras["model_dir"])
         ctx.pad_id = tokenizer.pad_token_id or 0
-        max_len = ctx.setting("max_seq_len")
+        max_len = ctx.setting("data.max_seq_len")
         rows = ctx.train + ctx.validation + ctx.test
         ids, stats = token_cache.tokenize(
             [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=True, max_length=max_len)["input_ids"],
             f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}", max_len,
-            ctx.setting("tokenizer_cache"))
+            ctx.setting("data.tokenizer_cache"))
         for r, i in zip(rows, ids):
             r["input_ids"] = i
         ctx.observed.record("tokenization", stats)
@@ -229,17 +231,18 @@ class TextClassificationPipeline(Pipeline):
             ctx.observed.record(f"truncated_{part}_inputs", sum(len(r["input_ids"]) >= max_len for r in getattr(ctx, part)))
         ctx.samples["data"] = len(examples)
         ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
-        ctx.detail("labels", ctx.label_names)
+        ctx.detail("labels", ctx.extras["label_names"])
         ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
 
     def model(self, ctx) -> None:
-        load = functools.partial(hf.load_sequence_classifier, num_labels=len(ctx.label_names),
-                                 id2label=dict(enumerate(ctx.label_names)))
-        ctx.model = load(ctx.model_dir)
+        load = functools.partial(hf.load_sequence_classifier, num_labels=len(ctx.extras["label_names"]),
+                                 id2label=dict(enumerate(ctx.extras["label_names"])))
+        ctx.model = load(ctx.extras["model_dir"])
         teacher = self.options["teacher"]
         # distillation's teacher: the unpruned model as loaded (or a given fine-tuned one), reloaded
         # in the training phase only when distillation is on, so its cost lands in training energy
-        ctx.teacher_loader = (lambda: load(ctx.model_dir if teacher == "model" else hf.resolve_model_dir(teacher))) if teacher else None
+        source = ctx.extras["model_dir"] if teacher == "model" else (hf.resolve_model_dir(teacher) if teacher else None)
+        ctx.teacher_loader = (lambda: load(source)) if source else None
         ctx.apply_knobs()  # pruning, dtype and attention act now; quantisation and LoRA follow in order
         heads = [n for n, m in ctx.model.named_children()
                  if n != ctx.model.base_model_prefix and any(True for _ in m.parameters())]
@@ -268,10 +271,10 @@ class TextClassificationPipeline(Pipeline):
         model, device = ctx.model, ctx.runtime.device
         model.eval()
         served, compile_stats = loop.inference_model(ctx, model)
-        batch_size, limit = ctx.setting("inference_batch_size"), ctx.setting("inference_seq_len")
-        threshold = ctx.setting("early_exit")
+        batch_size, limit = ctx.setting("inference.batch_size"), ctx.setting("inference.seq_len")
+        threshold = ctx.setting("inference.early_exit")
         ctx.observed.record("threads_in_inference", torch.get_num_threads())
-        ctx.observed.record("inference_quantized_linears", _count_quantized(model))
+        ctx.observed.record("inference_quantized_linears", count_quantized_linears(model))
         exits = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0,
                  "rows": 0, "exited": 0, "full": 0, "truncated_passes": 0}
         predictions: list[int] = []
@@ -320,9 +323,3 @@ class TextClassificationPipeline(Pipeline):
         exits["exited"] += int((~unsure).sum())
         exits["full"] += int(unsure.sum())
         return pred.tolist()
-
-
-def _count_quantized(model) -> int:
-    from greenknobs.knobs.inference import count_quantized_linears
-
-    return count_quantized_linears(model)

@@ -15,15 +15,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from greenknobs.meters.base import EnergyMeter  # noqa: E402
-from greenknobs.meters.nvml import NvmlMeter, probe_nvml  # noqa: E402
-from greenknobs.meters.zeus_meter import ZeusMeter  # noqa: E402
+from greenknobs.devices.nvml import probe_nvml
+from greenknobs.meters.base import EnergyMeter
+from greenknobs.meters.nvml import NvmlMeter
+from greenknobs.meters.zeus_meter import ZeusMeter
 
 
 def matmul(device: str, seconds: float) -> dict[str, Any]:
@@ -45,7 +47,7 @@ def matmul(device: str, seconds: float) -> dict[str, Any]:
 
 def finetune(device: str, steps: int) -> dict[str, Any]:
     """``steps`` AdamW steps of a MiniLM-sized BERT classifier (random weights) on random tokens."""
-    from greenknobs import hf
+    from greenknobs.ml import hf
 
     big = device == "cuda"
     model = hf.tiny_bert_classifier(num_labels=5, layers=6 if big else 2, hidden=384 if big else 32,

@@ -30,14 +30,14 @@ def one_thread():
 
 @pytest.fixture
 def tiny_bert():
-    from greenknobs import hf
+    from greenknobs.ml import hf
 
     return hf.tiny_bert_classifier(num_labels=3, layers=4)
 
 
 @pytest.fixture
 def tiny_llama():
-    from greenknobs import hf
+    from greenknobs.ml import hf
 
     return hf.tiny_llama_lm(layers=4)
 
@@ -45,7 +45,7 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer, 32-wide BERT (random weights) with the real MiniLM tokenizer, saved like a hub model."""
-    from greenknobs.testing import make_tiny_model_dir
+    from greenknobs.testing.fixtures import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
 
@@ -53,16 +53,16 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory):
     """90 short labelled texts in 3 topics; learnable by a tiny model in a few steps."""
-    from greenknobs.testing import make_tiny_csv
+    from greenknobs.testing.fixtures import make_tiny_csv
 
     return make_tiny_csv(tmp_path_factory.mktemp("data") / "texts.csv")
 
 
 def write_experiment(tmp_path, model_dir, csv_path, **overrides):
-    """Write the tiny experiment (greenknobs.testing.tiny_experiment) to tmp_path/exp.yaml."""
+    """Write the tiny experiment (greenknobs.testing.fixtures.tiny_experiment) to tmp_path/exp.yaml."""
     import yaml
 
-    from greenknobs.testing import tiny_experiment
+    from greenknobs.testing.fixtures import tiny_experiment
 
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(tiny_experiment(tmp_path, model_dir, csv_path, **overrides)))

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from greenknobs.carbon import carbon_intensity, grams_co2e, grams_per_phase
+from greenknobs.meters.carbon import carbon_intensity
 from greenknobs.meters.codecarbon_meter import codecarbon_data_dir
+from greenknobs.units import grams_co2e, grams_per_phase
 
 
 def _json(rel: str):

@@ -8,7 +8,7 @@ import pytest
 
 from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.runtime import Runtime
-from tests import knob_harness as H
+from greenknobs.testing import fixtures as F
 
 CPU = Runtime(device="cpu", cpu_count=1, gpu_count=0)
 
@@ -16,14 +16,14 @@ CPU = Runtime(device="cpu", cpu_count=1, gpu_count=0)
 def lm(**options):
     from pipelines.causal_lm import CausalLMPipeline
 
-    return CausalLMPipeline(CausalLMPipeline.validate_options({**H.LM_OPTIONS, **options}))
+    return CausalLMPipeline(CausalLMPipeline.validate_options({**F.LM_OPTIONS, **options}))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A baseline trial that also saves its model: the 'pre-trained' base for pruning and distillation."""
     out = tmp_path_factory.mktemp("lm") / "base"
-    result = H.run(lm(save_model=str(out)), {"training.epochs": 2, "training.learning_rate": 3e-3}, CPU)
+    result = F.run_knobs(lm(save_model=str(out)), {"training.epochs": 2, "training.learning_rate": 3e-3}, CPU)
     return out, result
 
 
@@ -46,7 +46,7 @@ def test_pipeline_declares_a_minimised_metric():
 
 def test_distillation_from_the_unpruned_model(trained):
     base, _ = trained
-    r = H.run(lm(model=str(base)), {"model.layers_removed": 2, "training.kd_lambda": 0.5}, CPU)
+    r = F.run_knobs(lm(model=str(base)), {"model.layers_removed": 2, "training.kd_lambda": 0.5}, CPU)
     kd = r.verifications["training.kd_lambda"]
     assert kd["teacher_forwards"] == r.verifications["training.grad_accumulation"]["micro_batches"] > 0
     assert kd["kd_loss_mean"] > 0
@@ -56,18 +56,18 @@ def test_distillation_from_the_unpruned_model(trained):
 
 def test_distillation_needs_a_trained_teacher():
     with pytest.raises(IncompatibleKnobs, match="trained teacher"):
-        H.run(lm(), {"training.kd_lambda": 0.5}, CPU)
+        F.run_knobs(lm(), {"training.kd_lambda": 0.5}, CPU)
 
 
 def test_inference_seq_len_sets_the_evaluation_block():
-    r = H.run(lm(), {"inference.seq_len": 16}, CPU)
+    r = F.run_knobs(lm(), {"inference.seq_len": 16}, CPU)
     assert r.verifications["inference.seq_len"]["inference_block_len"] == 16
     assert math.isfinite(r.quality["perplexity"])
 
 
 def test_lora_heals_a_saved_model(trained):
     base, _ = trained
-    r = H.run(lm(model=str(base)), {"model.lora_rank": 4, "model.lora_targets": "attention_mlp"}, CPU)
+    r = F.run_knobs(lm(model=str(base)), {"model.lora_rank": 4, "model.lora_targets": "attention_mlp"}, CPU)
     ev = r.verifications["model.lora_rank"]
     assert ev["lora_modules"] == 4 * 7 and ev["trainable_share"] < 0.5  # q, k, v, o, gate, up, down per block
 
@@ -78,13 +78,13 @@ def test_bad_options_name_the_key():
     for opts, key in (({"heads": 3}, "pipeline.heads"), ({"vocab_size": 10}, "pipeline.vocab_size"),
                       ({"model": "/nonexistent"}, "pipeline.model"), ({"colour": 1}, "pipeline.colour")):
         with pytest.raises(ConfigError) as err:
-            CausalLMPipeline.validate_options({**H.LM_OPTIONS, **opts})
+            CausalLMPipeline.validate_options({**F.LM_OPTIONS, **opts})
         assert err.value.key == key
 
 
 def test_data_knobs_on_the_language_model(tmp_path, monkeypatch):
     monkeypatch.setenv("GREENKNOBS_CACHE_DIR", str(tmp_path))
-    r = H.run(lm(), {"data.dedup": "near", "data.train_fraction": 0.5, "data.tokenizer_cache": True}, CPU)
+    r = F.run_knobs(lm(), {"data.dedup": "near", "data.train_fraction": 0.5, "data.tokenizer_cache": True}, CPU)
     assert r.verifications["data.dedup"]["training_texts_after"] > 0
     frac = r.verifications["data.train_fraction"]
     assert frac["train_examples_used"] == round(frac["train_examples_available"] * 0.5)

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 
 from greenknobs.errors import IncompatibleKnobs, KnobError
 from greenknobs.runtime import Runtime
-from tests import knob_harness as H
+from greenknobs.testing import fixtures as F
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return H.write_tiny_classifier(tmp_path_factory.mktemp("tiny"))
+    return F.make_tiny_model_dir(tmp_path_factory.mktemp("tiny"), layers=4)
 
 
 @pytest.fixture(scope="module")
 def csv_path(tmp_path_factory):
-    return H.write_texts(tmp_path_factory.mktemp("data") / "texts.csv")
+    return F.make_tiny_texts_with_duplicates(tmp_path_factory.mktemp("data") / "texts.csv")
 
 
 @pytest.fixture
 def pipeline(model_dir, csv_path):
     from pipelines.text_classification import TextClassificationPipeline
 
-    return TextClassificationPipeline(TextClassificationPipeline.validate_options(H.classification_options(model_dir, csv_path)))
+    return TextClassificationPipeline(TextClassificationPipeline.validate_options(F.classification_options(model_dir, csv_path)))
 
 
 CPU = Runtime(device="cpu", cpu_count=1, gpu_count=0)
@@ -46,25 +45,25 @@ CPU = Runtime(device="cpu", cpu_count=1, gpu_count=0)
 def test_incompatible_combinations_are_infeasible_before_anything_runs(pipeline, monkeypatch, overrides, reason):
     monkeypatch.setattr(pipeline, "data", lambda ctx: pytest.fail("the trial started"))
     with pytest.raises(IncompatibleKnobs, match=reason):
-        H.run(pipeline, overrides, CPU)
+        F.run_knobs(pipeline, overrides, CPU)
 
 
 def test_distillation_without_a_teacher_is_infeasible(model_dir, csv_path):
     from pipelines.text_classification import TextClassificationPipeline
 
-    opts = {**H.classification_options(model_dir, csv_path), "teacher": None}
+    opts = {**F.classification_options(model_dir, csv_path), "teacher": None}
     p = TextClassificationPipeline(TextClassificationPipeline.validate_options(opts))
     with pytest.raises(IncompatibleKnobs, match="pipeline.teacher"):
-        H.run(p, {"training.kd_lambda": 0.5}, CPU)
+        F.run_knobs(p, {"training.kd_lambda": 0.5}, CPU)
 
 
 def test_lora_matching_no_module_is_an_error(pipeline):
     with pytest.raises(KnobError, match="match no Linear"):
-        H.run(pipeline, {"model.lora_rank": 4, "model.lora_targets": "no_such_proj"}, CPU)
+        F.run_knobs(pipeline, {"model.lora_rank": 4, "model.lora_targets": "no_such_proj"}, CPU)
 
 
 def test_lora_on_named_modules_logs_trainable_parameters(pipeline):
-    r = H.run(pipeline, {"model.lora_rank": 4, "model.lora_targets": "query,value"}, CPU)
+    r = F.run_knobs(pipeline, {"model.lora_rank": 4, "model.lora_targets": "query,value"}, CPU)
     ev = r.verifications["model.lora_targets"]
     assert ev["targets"] == ["query", "value"]
     rank = r.verifications["model.lora_rank"]
@@ -74,8 +73,7 @@ def test_lora_on_named_modules_logs_trainable_parameters(pipeline):
 def test_user_knob_from_the_experiment_file(tmp_path, model_dir, csv_path):
     from greenknobs.config import parse_experiment
     from greenknobs.meters.cpu_model import CpuModelMeter
-    from greenknobs.pipeline import run_trial
-    from pipelines import pipeline_class
+    from greenknobs.pipeline import pipeline_class, run_trial
 
     raw = yaml.safe_load(f"""
 name: user-knob
@@ -101,47 +99,19 @@ meter: cpu-model
 
 
 # -- GPU power limit against a fake NVML (never a real one) ------------------------------------
-class FakeNvml:
-    class NVMLError(Exception):
-        pass
-
-    def __init__(self, permitted=True, honours_set=True):
-        self.limit_mw = {0: 300_000}
-        self.permitted, self.honours_set = permitted, honours_set
-
-    def nvmlInit(self): pass
-    def nvmlShutdown(self): pass
-    def nvmlDeviceGetCount(self): return 1
-    def nvmlDeviceGetHandleByIndex(self, i): return i
-    def nvmlDeviceGetPowerManagementLimit(self, h): return self.limit_mw[h]
-    def nvmlDeviceGetPowerManagementDefaultLimit(self, h): return 300_000
-    def nvmlDeviceGetPowerManagementLimitConstraints(self, h): return (100_000, 350_000)
-
-    def nvmlDeviceSetPowerManagementLimit(self, h, mw):
-        if not self.permitted:
-            raise self.NVMLError("Insufficient Permissions")
-        if self.honours_set:  # nvidia-ml-py 13.615 may swallow the driver's error: read back to know
-            self.limit_mw[h] = mw
-
-
 @pytest.fixture
 def fake_nvml(monkeypatch):
-    from greenknobs import gpu_power
+    from greenknobs.testing.fakes import install_fake_power_nvml
 
-    def install(**kw):
-        nv = FakeNvml(**kw)
-        monkeypatch.setattr(gpu_power, "_nvml", lambda: nv)
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        return nv
-    return install
+    return lambda **kw: install_fake_power_nvml(monkeypatch, **kw)
 
 
 GPU = Runtime(device="cuda", cpu_count=1, gpu_count=1)
 
 
 def _power_trial(value):
-    from greenknobs import gpu_power
     from greenknobs.context import TrialContext
+    from greenknobs.devices import power as gpu_power
     from greenknobs.knobs import get_knob
 
     knob, ctx = get_knob("system.gpu_power_limit"), TrialContext(GPU, 0)
@@ -157,7 +127,9 @@ def test_power_limit_sets_reads_back_and_restores(fake_nvml):
     assert nv.limit_mw[0] == 150_000
     ev = knob.verify(ctx, 0.5)
     assert ev["limits_in_training_w"] == {0: 150.0}
-    assert nv.limit_mw[0] == 300_000 and ev["restored_w"] == {0: 300.0}
+    assert nv.limit_mw[0] == 150_000  # verify only reads; release gives the limit back
+    knob.release(ctx, 0.5)
+    assert nv.limit_mw[0] == 300_000 and ctx.observed.get("gpu_power_restored_w") == {0: 300.0}
 
 
 def test_power_limit_refuses_without_permission(fake_nvml):
@@ -174,6 +146,7 @@ def test_power_limit_that_silently_did_not_apply_fails_verify(fake_nvml):
     knob, ctx = _power_trial(0.5)
     with pytest.raises(KnobError, match="300.0 W, target 150.0 W"):
         knob.verify(ctx, 0.5)
+    knob.release(ctx, 0.5)
     assert nv.limit_mw[0] == 300_000
 
 
@@ -197,14 +170,14 @@ def test_bad_values_name_the_key():
 
 def test_tokenizer_cache_hits_on_the_second_trial(pipeline, tmp_path, monkeypatch):
     monkeypatch.setenv("GREENKNOBS_CACHE_DIR", str(tmp_path))
-    first = H.run(pipeline, {"data.tokenizer_cache": True}, CPU).verifications["data.tokenizer_cache"]
-    second = H.run(pipeline, {"data.tokenizer_cache": True}, CPU).verifications["data.tokenizer_cache"]
+    first = F.run_knobs(pipeline, {"data.tokenizer_cache": True}, CPU).verifications["data.tokenizer_cache"]
+    second = F.run_knobs(pipeline, {"data.tokenizer_cache": True}, CPU).verifications["data.tokenizer_cache"]
     assert first["mode"] == "miss" and first["tokenized"] > 0
     assert second["mode"] == "hit" and second["tokenized"] == 0 and second["hits"] == first["tokenized"] + first["hits"]
 
 
 def test_early_exit_logs_its_exit_rate(pipeline):
-    r = H.run(pipeline, {"training.exit_head_depth": 0.5, "inference.early_exit": 0.8, "training.epochs": 2}, CPU)
+    r = F.run_knobs(pipeline, {"training.exit_head_depth": 0.5, "inference.early_exit": 0.8, "training.epochs": 2}, CPU)
     ev = r.verifications["inference.early_exit"]
     assert ev["block"] == 2 and ev["rows"] == ev["exited"] + ev["full"]
     assert 0.0 <= ev["exit_rate"] <= 1.0 and r.phases["inference"].details["exit_rate"] == ev["exit_rate"]
@@ -212,4 +185,4 @@ def test_early_exit_logs_its_exit_rate(pipeline):
 
 def test_inference_seq_len_that_cuts_nothing_is_infeasible(pipeline):
     with pytest.raises(IncompatibleKnobs, match="cuts nothing"):
-        H.run(pipeline, {"inference.seq_len": 64}, CPU)  # the harness truncates at 32 already
+        F.run_knobs(pipeline, {"inference.seq_len": 64}, CPU)  # the harness truncates at 32 already

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenknobs import hf
-from greenknobs.layers import config_layer_count, find_layer_stack, layer_count, remove_layers, skipping_layers
-from greenknobs.pruning import build_calibration, prune
-from greenknobs.pruning.calibration import run_model
-
+from greenknobs.ml import hf
+from greenknobs.ml.layers import config_layer_count, find_layer_stack, layer_count, remove_layers, skipping_layers
+from greenknobs.ml.pruning import build_calibration, prune
+from greenknobs.ml.pruning.calibration import run_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 

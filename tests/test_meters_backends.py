@@ -15,7 +15,7 @@ from greenknobs.meters.nvml import NvmlMeter
 from greenknobs.meters.rapl import RaplMeter
 from greenknobs.meters.zeus_meter import ZeusMeter
 from greenknobs.phases import MEASURED, MODELLED
-from test_meters_fakes import FakeGpu, FakePowercap, install_fake_nvml
+from greenknobs.testing.fakes import FakeGpu, FakePowercap, install_fake_nvml
 
 
 def test_zeus_measures_gpu_through_zeus_and_cpu_dram_through_rapl(monkeypatch, tmp_path):
@@ -73,9 +73,9 @@ def test_composite_refuses_overlapping_parts(tmp_path):
 
 def _probes(monkeypatch, gpu: bool, rapl: bool, zeus: bool = True):
     ok, no = Availability(True, "ok"), Availability(False, "absent")
-    monkeypatch.setattr(meters.NvmlMeter, "probe", classmethod(lambda cls: ok if gpu else no))
-    monkeypatch.setattr(meters.RaplMeter, "probe", classmethod(lambda cls: ok if rapl else no))
-    monkeypatch.setattr(meters.ZeusMeter, "probe", classmethod(lambda cls: ok if zeus and (gpu or rapl) else no))
+    monkeypatch.setattr(NvmlMeter, "probe", classmethod(lambda cls: ok if gpu else no))
+    monkeypatch.setattr(RaplMeter, "probe", classmethod(lambda cls: ok if rapl else no))
+    monkeypatch.setattr(ZeusMeter, "probe", classmethod(lambda cls: ok if zeus and (gpu or rapl) else no))
 
 
 @pytest.mark.parametrize("gpu, rapl, zeus, expected", [
@@ -88,7 +88,7 @@ def test_auto_prefers_the_most_measured_option(monkeypatch, gpu, rapl, zeus, exp
 
 def test_auto_here_is_cpu_model_with_its_parameters():
     # This machine (and CI) has neither NVML nor RAPL.
-    if meters.NvmlMeter.probe().available or meters.RaplMeter.probe().available:
+    if NvmlMeter.probe().available or RaplMeter.probe().available:
         pytest.skip("hardware meters exist here")
     m = meters.create_meter("auto", {"watts_per_busy_core": 6.0})
     assert m.name == "cpu-model" and m.params()["watts_per_busy_core"] == 6.0
@@ -120,7 +120,7 @@ def test_meter_table_rows():
 
 def test_registry_builds_composites_on_a_gpu_machine(monkeypatch):
     install_fake_nvml(monkeypatch, [FakeGpu(100.0)])
-    monkeypatch.setattr(meters.RaplMeter, "probe", classmethod(lambda cls: Availability(False, "no RAPL")))
+    monkeypatch.setattr(RaplMeter, "probe", classmethod(lambda cls: Availability(False, "no RAPL")))
     monkeypatch.setattr("zeus.monitor.energy.sync_execution_fn", lambda gpus, sync_with: None)
     auto = meters.create_meter("auto", {"watts_per_busy_core": 3.0})
     try:

@@ -1,8 +1,5 @@
-"""Hardware stand-ins (a patched NVML, a powercap sysfs tree) and the tests of what they drive.
-
-``fake_nvml`` patches pynvml's functions with GPUs whose energy counter advances with the clock
-at a fixed power; ``fake_powercap`` writes a RAPL tree whose counters tests advance by hand.
-"""
+"""What the hardware stand-ins (greenknobs.testing.fakes) drive: NVML counters and samples,
+CUDA_VISIBLE_DEVICES, RAPL wrap-around and probes."""
 
 from __future__ import annotations
 
@@ -11,91 +8,11 @@ import time
 
 import pytest
 
-from greenknobs.meters.nvml import NvmlMeter, _nvml, probe_nvml, visible_gpu_indices
+from greenknobs.devices.nvml import nvml, probe_nvml, visible_gpu_indices
+from greenknobs.meters.nvml import NvmlMeter
 from greenknobs.meters.rapl import RaplMeter, RaplReader, probe_rapl
 from greenknobs.phases import MEASURED
-
-
-class FakeGpu:
-    """Draws ``watts`` constantly; ``counter=False`` models a pre-Volta board (power readings only)."""
-
-    def __init__(self, watts: float, counter: bool = True):
-        self.watts, self.counter, self.t0 = watts, counter, time.perf_counter()
-
-    def energy_mj(self) -> int:
-        return int((time.perf_counter() - self.t0) * self.watts * 1000)
-
-
-def install_fake_nvml(monkeypatch, gpus: list[FakeGpu]) -> list[str]:
-    """Patch pynvml with ``gpus``; returns the list that records any forbidden (setter) call."""
-    nv = _nvml()
-    forbidden: list[str] = []
-
-    def not_supported(*_):
-        raise nv.NVMLError(nv.NVML_ERROR_NOT_SUPPORTED)
-
-    def energy(h):
-        if not h.counter:
-            not_supported()
-        return h.energy_mj()
-
-    patches = {
-        "nvmlInit": lambda: None, "nvmlShutdown": lambda: None,
-        "nvmlDeviceGetCount": lambda: len(gpus), "nvmlDeviceGetHandleByIndex": lambda i: gpus[i],
-        "nvmlDeviceGetTotalEnergyConsumption": energy,
-        "nvmlDeviceGetPowerUsage": lambda h: int(h.watts * 1000),
-        "nvmlDeviceGetArchitecture": lambda h: nv.NVML_DEVICE_ARCH_AMPERE if h.counter else nv.NVML_DEVICE_ARCH_PASCAL,
-        "nvmlDeviceGetC2cModeInfoV": not_supported,
-        "nvmlDeviceGetName": lambda h: b"Fake GPU",
-        "nvmlDeviceGetPowerManagementLimitConstraints": lambda h: (100_000, 300_000),
-        "nvmlDeviceGetPowerManagementLimit": lambda h: 250_000,
-        "nvmlDeviceGetPowerManagementDefaultLimit": lambda h: 250_000,
-    }
-    for name, fn in patches.items():
-        monkeypatch.setattr(nv, name, fn)
-    for name in ("nvmlDeviceSetPowerManagementLimit", "nvmlDeviceSetPowerManagementLimit_v2",
-                 "nvmlDeviceSetPersistenceMode", "nvmlDeviceSetGpuLockedClocks", "nvmlDeviceSetMemoryLockedClocks",
-                 "nvmlDeviceSetApplicationsClocks", "nvmlDeviceSetMigMode", "nvmlDeviceResetGpuLockedClocks"):
-        if hasattr(nv, name):
-            monkeypatch.setattr(nv, name, lambda *a, _n=name: forbidden.append(_n))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("ZEUSD_SOCK_PATH", raising=False)
-    # Zeus keeps a process-wide GPU singleton; start each test from a clean one.
-    monkeypatch.setattr("zeus.device.gpu._gpus", None)
-    return forbidden
-
-
-class FakePowercap:
-    """A powercap tree: package-0 (+ dram, + core and psys that must be ignored)."""
-
-    MAX_UJ = 262_143_328_850
-
-    def __init__(self, root):
-        self.root = str(root)
-        self.zone("intel-rapl:0", "package-0", 1_000_000)
-        self.zone("intel-rapl:0:0", "dram", 500_000)
-        self.zone("intel-rapl:0:1", "core", 900_000)
-        self.zone("intel-rapl:1", "psys", 5_000_000)
-
-    def zone(self, entry: str, name: str, energy_uj: int) -> None:
-        path = os.path.join(self.root, entry)
-        os.makedirs(path, exist_ok=True)
-        for fname, value in (("name", name), ("energy_uj", energy_uj), ("max_energy_range_uj", self.MAX_UJ)):
-            with open(os.path.join(path, fname), "w") as f:
-                f.write(f"{value}\n")
-
-    def value(self, entry: str) -> int:
-        with open(os.path.join(self.root, entry, "energy_uj")) as f:
-            return int(f.read())
-
-    def set(self, entry: str, energy_uj: int) -> None:
-        with open(os.path.join(self.root, entry, "energy_uj"), "w") as f:
-            f.write(f"{energy_uj % self.MAX_UJ}\n")
-
-    def advance(self, package_j: float, dram_j: float = 0.0, core_j: float = 0.0, psys_j: float = 0.0) -> None:
-        for entry, joules in (("intel-rapl:0", package_j), ("intel-rapl:0:0", dram_j),
-                              ("intel-rapl:0:1", core_j), ("intel-rapl:1", psys_j)):
-            self.set(entry, self.value(entry) + int(joules * 1e6))
+from greenknobs.testing.fakes import FakeGpu, FakePowercap, install_fake_nvml
 
 
 @pytest.fixture
@@ -167,7 +84,7 @@ def test_visible_devices_edge_cases(monkeypatch):
 
 
 def test_nvml_probe_without_driver_says_why(monkeypatch):
-    nv = _nvml()
+    nv = nvml()
 
     def no_lib():
         raise nv.NVMLError(nv.NVML_ERROR_LIBRARY_NOT_FOUND)

@@ -8,8 +8,16 @@ import time
 import pytest
 
 from greenknobs.meters.base import Availability, EnergyMeter, WindowRegistry
-from greenknobs.noise import (NoisyMeasurementWarning, aggregate, measure_idle_power, measure_phase, min_window_s,
-                              net_energy_j, per_run, relative_spread)
+from greenknobs.meters.noise import (
+    NoisyMeasurementWarning,
+    aggregate,
+    measure_idle_power,
+    measure_phase,
+    min_window_s,
+    net_energy_j,
+    per_run,
+    relative_spread,
+)
 from greenknobs.phases import MODELLED, Measurement
 from greenknobs.pipeline import Pipeline, run_trial
 
@@ -133,7 +141,7 @@ class CountingPipeline(Pipeline):
     def inference(self, ctx):
         ctx.apply_knobs()
         ctx.model = ctx.model + 10  # rebinds; a repeat must start again from the trained model
-        ctx.runs = getattr(ctx, "runs", 0) + 1
+        ctx.extras["runs"] = ctx.extras.get("runs", 0) + 1
         time.sleep(0.03)
         ctx.quality = {"score": float(ctx.model)}
         ctx.samples["inference"] = 100

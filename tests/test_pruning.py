@@ -7,17 +7,16 @@ import copy
 import pytest
 import torch
 
-from greenknobs import hf
 from greenknobs.errors import KnobError
-from greenknobs.layers import config_layer_count, layer_count, remove_layers
-from greenknobs.pruning import METHODS, build_calibration, prune
-from greenknobs.pruning.calibration import capture_stream, layer_stats, run_model
-from greenknobs.pruning.compensation import CompensationNotApplicable, estimate_alpha, fuse_alpha, is_pre_norm
-from greenknobs.pruning.healing import heal
-from greenknobs.pruning.mask import gumbel_topk_mask, relaxed_topk, train_layer_mask
-from greenknobs.pruning.merge import channel_importance, merge_pair
-from greenknobs.layers import skipping_layers
-from greenknobs.pruning.scores import block_influence
+from greenknobs.ml import hf
+from greenknobs.ml.layers import config_layer_count, layer_count, remove_layers, skipping_layers
+from greenknobs.ml.pruning import METHODS, build_calibration, prune
+from greenknobs.ml.pruning.calibration import capture_stream, layer_stats, run_model
+from greenknobs.ml.pruning.compensation import CompensationNotApplicable, estimate_alpha, fuse_alpha, is_pre_norm
+from greenknobs.ml.pruning.healing import heal
+from greenknobs.ml.pruning.mask import gumbel_topk_mask, relaxed_topk, train_layer_mask
+from greenknobs.ml.pruning.merge import channel_importance, merge_pair
+from greenknobs.ml.pruning.scores import block_influence
 
 
 def _rows(n=24, vocab=100, seed=0):
@@ -229,7 +228,7 @@ def test_healing_a_classifier_distils_hidden_states(calib):
 
 
 def test_one_shot_merge_finds_a_full_tiling_of_disjoint_pairs():
-    from greenknobs.pruning.methods import _cheapest_disjoint_pairs
+    from greenknobs.ml.pruning.methods import _cheapest_disjoint_pairs
 
     # greedy would take the cheapest pair (1, 2) first and then could not fit 2 pairs in 4 layers
     assert _cheapest_disjoint_pairs([0.5, 0.1, 0.5], 2) == [0, 2]

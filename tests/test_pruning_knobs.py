@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenknobs import hf
 from greenknobs.errors import KnobError
 from greenknobs.knobs import get_knob
 from greenknobs.meters.cpu_model import CpuModelMeter
+from greenknobs.ml import hf
+from greenknobs.ml.pruning.compensation import CompensationNotApplicable
 from greenknobs.pipeline import Pipeline, run_trial
-from greenknobs.pruning.compensation import CompensationNotApplicable
 
 PRUNING_KNOBS = ("model.pruning_method", "model.pruning_iterative", "model.pruning_compensation",
                  "model.calibration_samples", "model.healing_steps", "model.healing_lambda",
@@ -74,7 +74,8 @@ def test_settings_knobs_apply_before_layers_removed_and_verify():
     report = v["model.layers_removed"]["pruning"]
     assert report["method"] == "block_influence" and report["iterative"] and len(report["rounds"]) == 2
     assert len(report["alphas"]) == 2 and report["calibration_samples"] == 12
-    assert report["energy_j_modelled"] > 0 and report["healing"]["steps"] == 3
+    assert report["selection_energy"]["energy_j"] > 0 and report["selection_energy"]["meter"] == "cpu-model"
+    assert report["healing"]["steps"] == 3 and report["healing"]["energy"]["energy_j"] > 0
     assert v["model.pruning_method"]["removed"] == report["removed"]
     assert v["model.pruning_compensation"]["alphas"] == report["alphas"]
     assert v["model.healing_steps"]["kd_loss_after"] is not None

@@ -8,8 +8,9 @@ import pytest
 from conftest import write_experiment
 from optuna.trial import TrialState
 
-from greenknobs import front, search
+from greenknobs import search
 from greenknobs.config import load_experiment
+from greenknobs.search import study as studies
 from greenknobs.tracking import Tracker
 
 
@@ -17,7 +18,7 @@ def run_search(path, trials=None):
     exp = load_experiment(path).with_overrides(trials=trials)
     tracker = Tracker(exp.mlflow_uri, exp.name)
     outcome = search.Search(exp, tracker).run()
-    published = front.publish(exp, outcome.study, tracker)
+    published = search.publish(exp, outcome.study, tracker)
     tracker.end_study()
     return exp, outcome, published, tracker
 
@@ -47,14 +48,14 @@ def test_search_baseline_front_and_mlflow(exp_path):
     # constraints were recorded through trial.set_constraint
     assert set(t0.constraints) == {"quality_retained"} and t0.constraints["quality_retained"] <= 0
     # the front is Optuna's own
-    assert {r["trial"] for r in published.rows} == {t.number for t in outcome.study.best_trials}
-    assert published.rows and all(r["feasible"] for r in published.rows)
+    assert {r.trial for r in published.rows} == {t.number for t in outcome.study.best_trials}
+    assert published.rows and all(r.feasible for r in published.rows)
     for key in ("pareto_csv", "trials_csv", "pareto_html", "pareto_png"):
         assert published.files[key].stat().st_size > 0
     counts = tracker.counts()
     assert counts == {"parents": 1, "children": 4}
     runs = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.pareto = 'true'")
-    assert {int(r.data.tags["trial"]) for r in runs} == {r["trial"] for r in published.rows}
+    assert {int(r.data.tags["trial"]) for r in runs} == {r.trial for r in published.rows}
     child = tracker.client.get_run(t0.user_attrs["mlflow_run_id"])
     assert child.data.params["model.layers_removed"] == "0"
     assert {"energy_j.total", "energy_j.training", "time_s.inference", "quality.macro_f1",
@@ -138,5 +139,5 @@ def test_relative_figures_and_constraints():
 
 
 def test_password_is_masked():
-    assert search.mask_password("postgresql://gk:s3cret@127.0.0.1:5432/db") == "postgresql://gk:***@127.0.0.1:5432/db"
-    assert search.mask_password("sqlite:///runs/x.db") == "sqlite:///runs/x.db"
+    assert studies.mask_password("postgresql://gk:s3cret@127.0.0.1:5432/db") == "postgresql://gk:***@127.0.0.1:5432/db"
+    assert studies.mask_password("sqlite:///runs/x.db") == "sqlite:///runs/x.db"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from greenknobs import probes
 from greenknobs.knobs import Knob, Space
+from greenknobs.ml import probes
 from pipelines.text_classification import TextClassificationPipeline
 
 

@@ -1,4 +1,5 @@
-"""Knob registry. Built-in knobs register by plain import; user knobs by ``load_knob_class``."""
+"""Knobs: the contract (base), combination rules (compat) and the built-in catalog, one module per
+phase or family. Built-in knobs register by plain import; user knobs by ``load_knob_class``."""
 
 from __future__ import annotations
 
@@ -6,16 +7,15 @@ import importlib
 import pkgutil
 
 from greenknobs.errors import ConfigError
-from greenknobs.knobs.base import Knob, KnobSetting, Space
+from greenknobs.knobs.base import PHASE_ORDER, REGISTRY, Knob, KnobSetting, SettingKnob, Space, register
 
-__all__ = ["Knob", "KnobSetting", "Space", "REGISTRY", "register", "get_knob", "load_knob_class", "all_knobs"]
-
-from greenknobs.knobs.base import REGISTRY, register  # noqa: E402
+__all__ = ["Knob", "SettingKnob", "KnobSetting", "Space", "REGISTRY", "register", "get_knob", "load_knob_class",
+           "all_knobs"]
 
 # Built-in knobs register themselves (``@register``) when their module is imported:
 # importing every module of this package is the whole registration step.
 for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
+    if _mod.name not in ("base", "compat"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 
@@ -41,6 +41,4 @@ def get_knob(name: str) -> Knob:
 
 
 def all_knobs() -> list[Knob]:
-    from greenknobs.knobs.base import PHASE_ORDER
-
     return sorted((cls() for cls in REGISTRY.values()), key=lambda k: (PHASE_ORDER.get(k.phase, 9), k.name))

@@ -2,28 +2,39 @@
 
 Lifecycle inside one trial (see ``greenknobs.pipeline.run_trial``):
 
-1. ``check(value, runtime)`` — before anything runs. Raise ``IncompatibleKnobs`` when the value
+1. ``check(value, runtime)`` -- before anything runs. Raise ``IncompatibleKnobs`` when the value
    cannot work here (fp16 on a CPU, a power limit without a GPU): the trial is then recorded as
    infeasible with that reason and never starts.
-2. ``apply(ctx, value)`` — inside the knob's phase, at the point the pipeline calls
+2. ``apply(ctx, value)`` -- inside the knob's phase, at the point the pipeline calls
    ``ctx.apply_knobs()`` (after the phase has loaded what the knob acts on, e.g. the model).
    Its cost is therefore counted in that phase's energy window.
-3. ``verify(ctx, value) -> dict`` — after the whole trial. Reads back *evidence* that the value
-   took effect (the layer count, the dtype seen in a forward pass, the optimizer's learning rate,
-   the thread count) and returns it for logging. Raise ``KnobError`` when the evidence disagrees:
-   a knob that silently did nothing fails the trial instead of polluting the front.
+3. ``verify(ctx, value) -> dict`` -- after the whole trial. Reads *evidence* recorded inside the
+   computation (the layer count of the model that trained, the dtype seen in a forward pass,
+   the rate the optimizer stepped with) and returns it for logging. Raise ``KnobError`` when the
+   evidence disagrees: a knob that silently did nothing fails the trial instead of polluting
+   the front.
+4. ``release(ctx, value)`` -- always, after the trial, whether it succeeded or failed (the runner
+   calls it in ``finally``): give back what ``apply`` took from the machine (a GPU power limit).
 
 A knob's ``default`` is the untouched baseline: applying it must change nothing.
+
+Two bases:
+* ``Knob``        -- knobs that act themselves (cast the weights, remove layers, set a power limit).
+* ``SettingKnob`` -- knobs that only choose a setting some mechanism reads (``ctx.setting(name)``)
+                     and judge the evidence it left: a name, a default, a space, the evidence keys
+                     it needs and one predicate. Most knobs are these.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from greenknobs.errors import ConfigError, KnobError
+from greenknobs.errors import ConfigError, IncompatibleKnobs, KnobError
+from greenknobs.phases import PHASES
 
 if TYPE_CHECKING:
     from greenknobs.context import TrialContext
@@ -46,6 +57,7 @@ class Space:
             return value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
+        assert self.low is not None and self.high is not None
         return self.low - 1e-12 <= value <= self.high + 1e-12
 
     def describe(self) -> str:
@@ -70,7 +82,7 @@ class Space:
 class KnobSetting:
     """A knob as an experiment uses it: its baseline value and, when searched, its space."""
 
-    knob: "Knob"
+    knob: Knob
     default: Any
     space: Space | None  # None: fixed at ``default`` in every trial
 
@@ -86,26 +98,42 @@ class KnobSetting:
 class Knob(ABC):
     """One optimisation a trial can switch on. Subclasses set the class attributes below."""
 
-    name: ClassVar[str]  # "phase.knob", e.g. "data.max_seq_len"
-    phase: ClassVar[str]
+    name: ClassVar[str]  # "phase.knob", e.g. "data.max_seq_len"; also its ctx.settings key
+    phase: ClassVar[str]  # defaults to the name's prefix when that is a phase
     default: ClassVar[Any]
     space: ClassVar[Space]
     description: ClassVar[str]
     verifies: ClassVar[str]  # what ``verify`` reads back, in words
-    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    value_type: ClassVar[type | tuple[type, ...]] = object
-    # Within a phase, knobs apply in ascending ``order`` (stable): settings that another knob of
-    # the same phase reads (e.g. the pruning method read by model.layers_removed) go first.
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # where a non-default value can run
+    value_devices: ClassVar[Mapping[Any, tuple[str, ...]]] = {}  # stricter needs of single values (fp16 -> cuda)
+    value_type: ClassVar[type | tuple[type, ...]]  # defaults to the type of ``default``
+    bounds: ClassVar[tuple[float | None, float | None]] = (None, None)  # inclusive validation range
+    # A non-default value for the contract test, and the other knob values it needs to act.
+    example: ClassVar[Any]
+    example_with: ClassVar[dict[str, Any]] = {}
+    # Within a phase, knobs apply in ascending ``order`` (stable): settings another knob of the
+    # same phase reads (e.g. the pruning method read by model.layers_removed) go first.
     order: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name and "phase" not in cls.__dict__ and not hasattr(cls, "phase"):
+            prefix = name.split(".", 1)[0]
+            if prefix in PHASES:
+                cls.phase = prefix
+        if "default" in cls.__dict__ and "value_type" not in cls.__dict__ and not hasattr(cls, "value_type"):
+            cls.value_type = type(cls.default)
 
     # -- validation ------------------------------------------------------------------------
     def validate(self, value: Any, key: str) -> Any:
         """Return ``value`` normalised, or raise ConfigError naming ``key``."""
-        if isinstance(value, bool) and self.value_type not in (bool, object):
+        vt = self.value_type
+        if isinstance(value, bool) and vt is not bool and not (isinstance(vt, tuple) and bool in vt):
             raise ConfigError(key, f"expected {self._type_name()}, got {value!r}")
-        if self.value_type is float and isinstance(value, int):
+        if vt is float and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, self.value_type):
+        if not isinstance(value, vt):
             raise ConfigError(key, f"expected {self._type_name()}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(key, f"must be finite, got {value!r}")
@@ -113,8 +141,15 @@ class Knob(ABC):
         return value
 
     def validate_value(self, value: Any, key: str) -> None:
-        """Knob-specific range checks; the built-in space's choices are the default rule."""
-        if self.space.choices is not None and value not in self.space.choices:
+        """Range checks: ``bounds`` for numbers, the built-in choices for everything else."""
+        low, high = self.bounds
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (low is not None or high is not None):
+            if (low is not None and value < low) or (high is not None and value > high):
+                lo = "-inf" if low is None else f"{low:g}"
+                hi = "inf" if high is None else f"{high:g}"
+                raise ConfigError(key, f"must be in [{lo}, {hi}], got {value}")
+            return
+        if self.space.choices is not None and not isinstance(value, (int, float)) and value not in self.space.choices:
             raise ConfigError(key, f"{value!r} is not one of {list(self.space.choices)}")
 
     def _type_name(self) -> str:
@@ -122,20 +157,25 @@ class Knob(ABC):
         return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
 
     # -- lifecycle -------------------------------------------------------------------------
-    def check(self, value: Any, runtime: "Runtime") -> None:
-        """Raise IncompatibleKnobs if ``value`` cannot run on ``runtime``. Default: anything goes."""
-        from greenknobs.errors import IncompatibleKnobs
-
-        if runtime.device not in self.devices and value != self.default:
-            raise IncompatibleKnobs(f"{self.name}={value!r} needs a {' or '.join(self.devices)} device; this run is on {runtime.device}")
+    def check(self, value: Any, runtime: Runtime) -> None:
+        """Raise IncompatibleKnobs if ``value`` cannot run on ``runtime``."""
+        if value == self.default:
+            return
+        needs = self.value_devices.get(value, self.devices)
+        if runtime.device not in needs:
+            where = "a CUDA GPU" if needs == ("cuda",) else f"a {' or '.join(needs)} device"
+            raise IncompatibleKnobs(f"{self.name}={value!r} needs {where}; this run is on {runtime.device}")
 
     @abstractmethod
-    def apply(self, ctx: "TrialContext", value: Any) -> None:
+    def apply(self, ctx: TrialContext, value: Any) -> None:
         """Make ``value`` take effect on the trial's context (model, data, settings, runtime)."""
 
     @abstractmethod
-    def verify(self, ctx: "TrialContext", value: Any) -> dict[str, Any]:
+    def verify(self, ctx: TrialContext, value: Any) -> dict[str, Any]:
         """Return evidence that ``value`` took effect; raise KnobError if it did not."""
+
+    def release(self, ctx: TrialContext, value: Any) -> None:
+        """Give back what ``apply`` took from the machine. Called after every trial, even a failed one."""
 
     # -- helpers ---------------------------------------------------------------------------
     def expect(self, condition: bool, message: str) -> None:
@@ -154,25 +194,33 @@ class Knob(ABC):
         }
 
 
-@dataclass
-class Observations:
-    """What the pipeline saw while running (read by ``Knob.verify``)."""
+class SettingKnob(Knob):
+    """A knob that chooses a setting and judges the evidence the mechanism reading it recorded.
 
-    values: dict[str, Any] = field(default_factory=dict)
+    ``apply`` stores the value under the knob's name (pipelines read ``ctx.setting(name)``);
+    ``verify`` requires every key in ``evidence`` from ``ctx.observed`` and asks ``judge`` whether
+    they show the value took effect. ``judge`` returns None when they do, else what is wrong.
+    """
 
-    def record(self, key: str, value: Any) -> None:
-        self.values[key] = value
+    evidence: ClassVar[tuple[str, ...]] = ()
 
-    def record_max(self, key: str, value: float) -> None:
-        self.values[key] = max(self.values.get(key, value), value)
+    def apply(self, ctx: TrialContext, value: Any) -> None:
+        ctx.settings[self.name] = value
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
+    def verify(self, ctx: TrialContext, value: Any) -> dict[str, Any]:
+        seen = {key: ctx.observed.require(key, self.name) for key in self.evidence}
+        problem = self.judge(value, seen, ctx)
+        if problem:
+            raise KnobError(f"{self.name} did not take effect: {problem}")
+        return self.report(value, seen, ctx)
 
-    def require(self, key: str, knob: str) -> Any:
-        if key not in self.values:
-            raise KnobError(f"{knob} did not take effect: the pipeline never recorded {key!r}")
-        return self.values[key]
+    @abstractmethod
+    def judge(self, value: Any, seen: dict[str, Any], ctx: TrialContext) -> str | None:
+        """None when ``seen`` proves ``value`` took effect, else the reason it does not."""
+
+    def report(self, value: Any, seen: dict[str, Any], ctx: TrialContext) -> dict[str, Any]:
+        """The evidence logged with the trial (default: what was required)."""
+        return seen
 
 
 REGISTRY: dict[str, type[Knob]] = {}
@@ -184,10 +232,4 @@ def register(cls: type[Knob]) -> type[Knob]:
     return cls
 
 
-def _phase_order() -> dict[str, int]:
-    from greenknobs.phases import PHASES
-
-    return {p: i for i, p in enumerate(PHASES)}
-
-
-PHASE_ORDER = _phase_order()
+PHASE_ORDER = {p: i for i, p in enumerate(PHASES)}

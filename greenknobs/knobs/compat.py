@@ -8,7 +8,8 @@ instead of crashing or — worse — running a knob that silently does nothing.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from greenknobs.errors import IncompatibleKnobs
 
@@ -67,6 +68,4 @@ def check_trial(pipeline, knob_values: list[tuple[Any, Any]], runtime) -> None:
             reason = rule(values)
             if reason:
                 raise IncompatibleKnobs(reason)
-    pipeline_check = getattr(pipeline, "check_knobs", None)
-    if pipeline_check is not None:  # a pipeline's own limits (e.g. distillation needs a trained teacher)
-        pipeline_check(values, runtime)
+    pipeline.check_knobs(values, runtime)  # a pipeline's own limits (e.g. distillation needs a trained teacher)

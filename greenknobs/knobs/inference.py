@@ -4,59 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import nn
-
-from greenknobs.compile import verify_compiled
 from greenknobs.errors import ConfigError
-from greenknobs.knobs.base import Knob, Space, register
-
-
-def count_quantized_linears(model: nn.Module) -> int:
-    return sum(1 for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized"))
+from greenknobs.knobs.base import Knob, SettingKnob, Space, register
+from greenknobs.knobs.system import CompileSetting
+from greenknobs.knobs.training import FP16_NEEDS_CUDA
+from greenknobs.ml.precision import DTYPES, cast_model
+from greenknobs.ml.quantize import quantize_dynamic_int8
 
 
 @register
-class InferenceBatchSize(Knob):
+class InferenceBatchSize(SettingKnob):
     name = "inference.batch_size"
-    phase = "inference"
     default = 32
     space = Space(choices=(8, 16, 32, 64, 128))
-    value_type = int
+    bounds = (1, None)
+    example = 8
     description = "Examples per inference forward pass."
     verifies = "largest inference batch the loop built"
+    evidence = ("inference_batch_size_max",)
 
-    def validate_value(self, value: int, key: str) -> None:
-        if value < 1:
-            raise ConfigError(key, f"must be >= 1, got {value}")
-
-    def apply(self, ctx, value: int) -> None:
-        ctx.settings["inference_batch_size"] = value
-
-    def verify(self, ctx, value: int) -> dict[str, Any]:
-        seen = ctx.observed.require("inference_batch_size_max", self.name)
+    def judge(self, value, seen, ctx):
         n = ctx.samples.get("inference", value)
-        self.expect(seen == min(value, n), f"largest batch was {seen}")
-        return {"inference_batch_size_max": seen}
+        return None if seen["inference_batch_size_max"] == min(value, n) else f"largest batch was {seen['inference_batch_size_max']}"
 
 
 @register
 class Quantization(Knob):
     name = "inference.quantization"
-    phase = "inference"
     default = "none"
     space = Space(choices=("none", "dynamic_int8"))
-    value_type = str
     devices = ("cpu",)  # PyTorch's dynamic int8 kernels (fbgemm/qnnpack) are CPU-only
+    example = "dynamic_int8"
     description = "Dynamic int8 quantisation of every nn.Linear for inference (torch.ao)."
     verifies = "number of quantised Linear modules in the model that served inference"
 
     def apply(self, ctx, value: str) -> None:
         if value == "dynamic_int8":
-            from torch.ao.quantization import quantize_dynamic
-
-            # int8 kernels quantise fp32 weights: a bf16-stored model (model.weight_dtype) is upcast first
-            ctx.model = quantize_dynamic(ctx.model.float(), {nn.Linear}, dtype=torch.qint8)
+            ctx.model = quantize_dynamic_int8(ctx.model)
+        ctx.settings[self.name] = value
 
     def verify(self, ctx, value: str) -> dict[str, Any]:
         quantized = ctx.observed.require("inference_quantized_linears", self.name)
@@ -66,39 +51,26 @@ class Quantization(Knob):
             self.expect(quantized > 0, "no Linear module was quantised")
         return {"quantized_linears": quantized}
 
-    def validate_value(self, value: str, key: str) -> None:
-        if value not in self.space.choices:
-            raise ConfigError(key, f"{value!r} is not one of {list(self.space.choices)}")
-
-
-INFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @register
 class InferencePrecision(Knob):
     name = "inference.precision"
-    phase = "inference"
     default = "fp32"
-    space = Space(choices=("fp32", "bf16", "fp16"))
-    value_type = str
+    space = Space(choices=tuple(DTYPES))
+    value_devices = FP16_NEEDS_CUDA
+    example = "bf16"
     description = "Cast the trained model to this dtype for inference (bf16 on CPU or GPU; fp16 on GPU only)."
     verifies = "dtype of the logits the inference loop produced"
 
-    def check(self, value: str, runtime) -> None:
-        from greenknobs.errors import IncompatibleKnobs
-
-        if value == "fp16" and runtime.device != "cuda":
-            raise IncompatibleKnobs("inference.precision=fp16 needs a CUDA GPU")
-
     def apply(self, ctx, value: str) -> None:
-        if value != "fp32":
-            ctx.model = ctx.model.to(INFERENCE_DTYPES[value])
-            if getattr(ctx, "exit_head", None) is not None:
-                ctx.exit_head.to(INFERENCE_DTYPES[value])
+        ctx.model = cast_model(ctx.model, value)
+        if ctx.exit_head is not None:
+            cast_model(ctx.exit_head, value)
+        ctx.settings[self.name] = value
 
     def verify(self, ctx, value: str) -> dict[str, Any]:
         seen = ctx.observed.require("inference_logits_dtype", self.name)
-        want = str(INFERENCE_DTYPES[value])
+        want = str(DTYPES[value])
         # a bf16-stored model (model.weight_dtype) already infers in bf16; fp32 then means "not cast further"
         stored = ctx.observed.get("train_weight_dtype", "torch.float32")
         self.expect(seen == want or (value == "fp32" and seen == stored), f"inference logits were {seen}")
@@ -106,64 +78,59 @@ class InferencePrecision(Knob):
 
 
 @register
-class InferenceCompile(Knob):
+class InferenceCompile(CompileSetting):
     name = "inference.compile"
-    phase = "inference"
-    default = "off"
-    space = Space(choices=("off", "inductor"))
-    value_type = str
     description = "torch.compile the trained model for inference (Inductor, dynamic shapes); compile time counts as inference energy."
     verifies = "graphs compiled and calls into compiled code during inference (a counting compiler backend)"
-
-    def apply(self, ctx, value: str) -> None:
-        ctx.settings["inference_compile"] = value
-
-    def verify(self, ctx, value: str) -> dict[str, Any]:
-        stats = ctx.observed.require("inference_compile", self.name)
-        return verify_compiled(self, stats, value)
+    evidence = ("inference_compile",)
 
 
 @register
-class InferenceSeqLen(Knob):
+class InferenceSeqLen(SettingKnob):
     name = "inference.seq_len"
-    phase = "inference"
     default = 0
     space = Space(choices=(0, 32, 64, 128, 256))
-    value_type = int
+    bounds = (0, None)
+    example = 8
     description = ("Tokens per inference input: classifiers cut each test input to this length; language models "
                    "evaluate perplexity in blocks of this length (0 = as trained / the pipeline's evaluation length).")
     verifies = "longest inference input (classification) or evaluation block length (language model)"
+    evidence = ("inference_longest_input",)
 
     def validate_value(self, value: int, key: str) -> None:
         if value != 0 and value < 8:
             raise ConfigError(key, f"must be 0 (as trained) or at least 8 tokens, got {value}")
 
-    def apply(self, ctx, value: int) -> None:
-        ctx.settings["inference_seq_len"] = value
-
-    def verify(self, ctx, value: int) -> dict[str, Any]:
-        longest = ctx.observed.require("inference_longest_input", self.name)
+    def _limit(self, value, ctx) -> int:
         # 0: the pipeline's own evaluation length (a LM's fixed block) or, for classifiers, data.max_seq_len
-        limit = value or ctx.observed.get("inference_default_len") or ctx.setting("max_seq_len")
-        self.expect(longest <= limit, f"an inference input of {longest} tokens, limit {limit}")
-        ev = {"inference_longest_input": longest, "inference_limit": limit}
+        return value or ctx.observed.get("inference_default_len") or ctx.setting("data.max_seq_len")
+
+    def judge(self, value, seen, ctx):
+        longest, limit = seen["inference_longest_input"], self._limit(value, ctx)
+        if longest > limit:
+            return f"an inference input of {longest} tokens, limit {limit}"
         block = ctx.observed.get("inference_block_len")
-        if block is not None:  # language model: blocks are exactly this long
-            self.expect(block == limit, f"perplexity evaluated in blocks of {block}")
-            ev["inference_block_len"] = block
-        return ev
+        return f"perplexity evaluated in blocks of {block}" if block is not None and block != limit else None
+
+    def report(self, value, seen, ctx):
+        out = {**seen, "inference_limit": self._limit(value, ctx)}
+        if ctx.observed.get("inference_block_len") is not None:  # language model: blocks are exactly this long
+            out["inference_block_len"] = ctx.observed.get("inference_block_len")
+        return out
 
 
 @register
-class EarlyExit(Knob):
+class EarlyExit(SettingKnob):
     name = "inference.early_exit"
-    phase = "inference"
     default = "off"
     space = Space(choices=("off", 0.99, 0.95, 0.9, 0.8))
     value_type = (str, float)
+    example = 0.95
+    example_with = {"training.exit_head_depth": 0.5}
     description = ("Confidence-based early exit: answer from the exit head (training.exit_head_depth) when its top "
                    "probability >= this threshold; the later blocks then do not run. Needs the exit head.")
     verifies = "rows answered at the exit vs by the full model (exit rate), and the block the exit sits after"
+    evidence = ("early_exit",)
 
     def validate_value(self, value, key: str) -> None:
         if isinstance(value, str):
@@ -172,14 +139,12 @@ class EarlyExit(Knob):
         elif not 0.0 < value < 1.0:
             raise ConfigError(key, f"threshold must be in (0, 1), got {value}")
 
-    def apply(self, ctx, value) -> None:
-        ctx.settings["early_exit"] = value
-
-    def verify(self, ctx, value) -> dict[str, Any]:
-        ev = ctx.observed.require("early_exit", self.name)
+    def judge(self, value, seen, ctx):
+        ev = seen["early_exit"]
         if value == "off":
-            self.expect(ev["truncated_passes"] == 0, "the truncated model ran with early exit off")
-        else:
-            self.expect(ev["truncated_passes"] > 0 and ev["exited"] + ev["full"] == ev["rows"],
-                        f"exit accounting does not add up: {ev}")
-        return ev
+            return "the truncated model ran with early exit off" if ev["truncated_passes"] else None
+        ok = ev["truncated_passes"] > 0 and ev["exited"] + ev["full"] == ev["rows"]
+        return None if ok else f"exit accounting does not add up: {ev}"
+
+    def report(self, value, seen, ctx):
+        return seen["early_exit"]

@@ -1,220 +1,208 @@
 """How model.layers_removed chooses and repairs the layers it removes (docs/pruning.md).
 
-These knobs only store settings; ``model.layers_removed`` does the pruning. They carry
-``order = -10`` so they apply before it within the model phase whatever the experiment's order.
+These knobs only choose settings; ``model.layers_removed`` does the pruning with them. They carry
+``order = -10`` so they apply before it within the model phase, whatever the experiment's order.
+Their evidence is the pruning run's own report: the method that chose, the rounds it scored,
+the alphas it fused, the healing steps it took.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from greenknobs.errors import ConfigError, KnobError
-from greenknobs.knobs.base import Knob, Space, register
-from greenknobs.pruning.methods import METHODS
+from greenknobs.errors import KnobError
+from greenknobs.knobs.base import REGISTRY, SettingKnob, Space, register
+from greenknobs.ml.pruning.methods import METHODS
+from greenknobs.ml.pruning.trial import PruneOptions
+
+# knob name -> PruneOptions field
+OPTION_OF = {"model.pruning_method": "method", "model.pruning_iterative": "iterative",
+             "model.pruning_compensation": "compensation", "model.calibration_samples": "calibration_samples",
+             "model.healing_steps": "healing_steps", "model.healing_lambda": "healing_lambda",
+             "model.healing_temperature": "healing_temperature", "model.healing_entropy_weight": "healing_entropy_weight"}
 
 
-class _PruningSetting(Knob):
+def prune_options(ctx) -> PruneOptions:
+    """The pruning settings of this trial; a knob the pipeline does not honour stays at its default."""
+    return PruneOptions(**{field: ctx.settings.get(name, REGISTRY[name].default) for name, field in OPTION_OF.items()})
+
+
+class PruningSetting(SettingKnob):
+    """A pruning setting; ``seen`` is the pruning report (None when no layer was removed)."""
+
     phase = "model"
     order = -10
-    key: str  # ctx.settings key, also the field read back from the pruning report
-
-    def apply(self, ctx, value: Any) -> None:
-        ctx.settings[self.key] = value
-
-    def report(self, ctx) -> dict[str, Any] | None:
-        """The pruning report, or None when no layer was removed; fails if layers_removed never ran."""
-        if ctx.observed.get("layers_before") is None:
-            raise KnobError(f"{self.name} did not take effect: model.layers_removed is not part of this experiment")
-        return ctx.observed.get("pruning_report")
-
-    def evidence(self, report: dict[str, Any]) -> Any:
-        return report[self.key.removeprefix("pruning_")]
+    example_with = {"model.layers_removed": 1}
 
     def verify(self, ctx, value: Any) -> dict[str, Any]:
-        report = self.report(ctx)
+        if ctx.observed.get("layers_before") is None:
+            raise KnobError(f"{self.name} did not take effect: model.layers_removed is not part of this experiment")
+        report = ctx.observed.get("pruning_report")
         if report is None:  # model.layers_removed = 0: a vacuous but valid combination
             return {"in_effect": False, "reason": "model.layers_removed = 0"}
-        seen = self.evidence(report)
-        self.expect(seen == value, f"pruning ran with {seen!r}")
-        return {"in_effect": True, "seen": seen}
+        problem = self.judge(value, report, ctx)
+        if problem:
+            raise KnobError(f"{self.name} did not take effect: {problem}")
+        return {"in_effect": True, **self.report(value, report, ctx)}
 
 
 @register
-class PruningMethod(_PruningSetting):
+class PruningMethod(PruningSetting):
     name = "model.pruning_method"
-    key = "pruning_method"
     default = "top"
     space = Space(choices=METHODS)
-    value_type = str
+    example = "block_influence"
     description = ("Which blocks model.layers_removed removes: top/bottom-N, block influence (ShortGPT), angular "
                    "distance (Gromov), SLEB-style loss, task metric (Moslem), Gumbel-TopK mask (E3-Pruner), CoMe merge.")
     verifies = "method recorded by the pruning run, removed indices and per-layer scores"
 
-    def evidence(self, report):
-        return report["method"]
+    def judge(self, value, report, ctx):
+        if report["method"] != value:
+            return f"pruning ran with {report['method']!r}"
+        return "removed a different number of layers" if len(report["removed"]) != report["n_remove"] else None
 
-    def verify(self, ctx, value):
-        out = super().verify(ctx, value)
-        report = ctx.observed.get("pruning_report")
-        if report:
-            self.expect(len(report["removed"]) == report["n_remove"], "removed a different number of layers")
-            out.update({"removed": report["removed"], "merged": report["merged"], "score": report["score_name"],
-                        "scores": [r["scores"] for r in report["rounds"]],
-                        "calibration_samples": report["calibration_samples"],
-                        "calibration_tokens": report["calibration_tokens"],
-                        "selection_energy_j_modelled": report["energy_j_modelled"]})
-        return out
+    def report(self, value, report, ctx):
+        return {"seen": report["method"], "removed": report["removed"], "merged": report["merged"],
+                "score": report["score_name"], "scores": [r["scores"] for r in report["rounds"]],
+                "calibration_samples": report["calibration_samples"], "calibration_tokens": report["calibration_tokens"],
+                "selection_energy": report["selection_energy"]}
 
 
 @register
-class PruningIterative(_PruningSetting):
+class PruningIterative(PruningSetting):
     name = "model.pruning_iterative"
-    key = "pruning_iterative"
     default = False
     space = Space(choices=(False, True))
-    value_type = bool
+    example = True
+    example_with = {"model.layers_removed": 2, "model.pruning_method": "block_influence"}
     description = "Remove one block per round and re-score the pruned (and compensated) model (Prune&Comp, SLEB)."
     verifies = "number of scoring rounds the pruning run made"
 
-    def evidence(self, report):
-        return report["iterative"]
+    def judge(self, value, report, ctx):
+        rounds = len(report["rounds"])
+        if report["iterative"] != value:
+            return f"pruning ran with iterative={report['iterative']!r}"
+        return None if rounds == (report["n_remove"] if value else 1) else f"{rounds} scoring rounds"
 
-    def verify(self, ctx, value):
-        out = super().verify(ctx, value)
-        report = ctx.observed.get("pruning_report")
-        if report:
-            rounds = len(report["rounds"])
-            self.expect(rounds == (report["n_remove"] if value else 1), f"{rounds} scoring rounds")
-            out["rounds"] = rounds
-        return out
+    def report(self, value, report, ctx):
+        return {"seen": report["iterative"], "rounds": len(report["rounds"])}
 
 
 @register
-class PruningCompensation(_PruningSetting):
+class PruningCompensation(PruningSetting):
     name = "model.pruning_compensation"
-    key = "pruning_compensation"
     default = False
     space = Space(choices=(False, True))
-    value_type = bool
+    example = True
     description = ("Prune&Comp: fuse the magnitude gap alpha of each removed block into the embeddings and earlier "
                    "residual-branch outputs. Pre-norm models only; a post-norm (BERT-family) model fails the trial.")
     verifies = "alpha values fused (one per removed gap)"
 
-    def evidence(self, report):
-        return report["compensation"]
+    def judge(self, value, report, ctx):
+        if report["compensation"] != value:
+            return f"pruning ran with compensation={report['compensation']!r}"
+        return None if bool(report["alphas"]) == value else f"alphas {report['alphas']}"
 
-    def verify(self, ctx, value):
-        out = super().verify(ctx, value)
-        report = ctx.observed.get("pruning_report")
-        if report:
-            self.expect(bool(report["alphas"]) == value, f"alphas {report['alphas']}")
-            out["alphas"] = report["alphas"]
-        return out
+    def report(self, value, report, ctx):
+        return {"seen": report["compensation"], "alphas": report["alphas"]}
 
 
 @register
-class CalibrationSamples(_PruningSetting):
+class CalibrationSamples(PruningSetting):
     name = "model.calibration_samples"
-    key = "calibration_samples"
     default = 32
     space = Space(low=8, high=128, integer=True, log=True)
-    value_type = int
+    bounds = (1, None)
+    example = 8
+    example_with = {"model.layers_removed": 1, "model.pruning_method": "block_influence"}
     description = "Training sequences the pruning method scores layers on (their forward passes count in the model phase)."
     verifies = "calibration sequences and tokens the pruning run used"
 
-    def validate_value(self, value, key):
-        if value < 1:
-            raise ConfigError(key, f"must be >= 1, got {value}")
-
-    def evidence(self, report):
-        return report["calibration_samples"]
-
     def verify(self, ctx, value):
-        report = self.report(ctx)
-        if report is None or not report["calibration_samples"]:
-            return {"in_effect": False, "reason": "no layers removed, or a method without calibration (top/bottom)"}
-        n_train = len(getattr(ctx, "train", []) or [])
-        self.expect(report["calibration_samples"] == min(value, n_train), f"{report['calibration_samples']} samples used")
-        return {"in_effect": True, "samples": report["calibration_samples"], "tokens": report["calibration_tokens"]}
+        report = ctx.observed.get("pruning_report")
+        if report is not None and not report["calibration_samples"]:
+            return {"in_effect": False, "reason": "a method without calibration (top/bottom)"}
+        return super().verify(ctx, value)
+
+    def judge(self, value, report, ctx):
+        used = report["calibration_samples"]
+        return None if used == min(value, len(ctx.train)) else f"{used} samples used"
+
+    def report(self, value, report, ctx):
+        return {"samples": report["calibration_samples"], "tokens": report["calibration_tokens"]}
 
 
 @register
-class HealingSteps(_PruningSetting):
+class HealingSteps(PruningSetting):
     name = "model.healing_steps"
-    key = "healing_steps"
     default = 0
     space = Space(low=0, high=200, integer=True)
-    value_type = int
+    bounds = (0, None)
+    example = 2
     description = "Knowledge-distillation fine-tune of the pruned model from the unpruned one, in steps (0 = off)."
     verifies = "KD steps taken and KD loss before/after on calibration data"
 
-    def validate_value(self, value, key):
-        if value < 0:
-            raise ConfigError(key, f"must be >= 0, got {value}")
-
-    def verify(self, ctx, value):
-        report = self.report(ctx)
-        if report is None:
-            return {"in_effect": False, "reason": "model.layers_removed = 0"}
+    def judge(self, value, report, ctx):
         healing = report["healing"]
         if value == 0:
-            self.expect(healing is None, "healing ran although steps = 0")
-            return {"in_effect": False}
-        self.expect(healing is not None and healing["steps"] == value, f"healing record {healing}")
-        return {"in_effect": True, **healing}
+            return "healing ran although steps = 0" if healing is not None else None
+        return None if healing is not None and healing["steps"] == value else f"healing record {healing}"
+
+    def report(self, value, report, ctx):
+        return dict(report["healing"] or {})
 
 
-class _HealingParam(_PruningSetting):
+class HealingParam(PruningSetting):
+    """A setting of the healing loss, read back from what the healing run computed with."""
+
     field: str
+    example_with = {"model.layers_removed": 1, "model.healing_steps": 2}
 
     def verify(self, ctx, value):
-        report = self.report(ctx)
+        report = ctx.observed.get("pruning_report")
         healing = report and report["healing"]
         if not healing or healing[self.field] is None:
             return {"in_effect": False, "reason": "no healing, or a classifier (hidden-state distillation)"}
-        self.expect(healing[self.field] == value, f"healing ran with {healing[self.field]!r}")
-        return {"in_effect": True, self.field: healing[self.field]}
+        return super().verify(ctx, value)
+
+    def judge(self, value, report, ctx):
+        seen = report["healing"][self.field]
+        return None if seen == value else f"healing ran with {seen!r}"
+
+    def report(self, value, report, ctx):
+        return {self.field: report["healing"][self.field]}
 
 
 @register
-class HealingLambda(_HealingParam):
+class HealingLambda(HealingParam):
     name = "model.healing_lambda"
-    key = "healing_lambda"
     field = "lambda"
     default = 0.5
     space = Space(low=0.0, high=1.0)
-    value_type = float
+    bounds = (0.0, 1.0)
+    example = 0.25
     description = "Weight of the KD term in healing: (1 - lambda) * CE + lambda * T^2 * KL."
     verifies = "lambda recorded by the healing run"
 
-    def validate_value(self, value, key):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(key, f"must be in [0, 1], got {value}")
-
 
 @register
-class HealingTemperature(_HealingParam):
+class HealingTemperature(HealingParam):
     name = "model.healing_temperature"
-    key = "healing_temperature"
     field = "temperature"
     default = 2.0
     space = Space(low=1.0, high=8.0)
-    value_type = float
+    bounds = (1e-6, None)
+    example = 4.0
     description = "Softmax temperature of the healing distillation."
     verifies = "temperature recorded by the healing run"
 
-    def validate_value(self, value, key):
-        if value <= 0:
-            raise ConfigError(key, f"must be > 0, got {value}")
-
 
 @register
-class HealingEntropyWeight(_HealingParam):
+class HealingEntropyWeight(HealingParam):
     name = "model.healing_entropy_weight"
-    key = "healing_entropy_weight"
     field = "entropy_weighted"
     default = False
     space = Space(choices=(False, True))
-    value_type = bool
+    example = True
     description = "E3-Pruner-style per-token KD weight lambda_t = clamp(lambda * H_t / mean H, 0, 1) from teacher entropy."
     verifies = "entropy weighting recorded by the healing run"

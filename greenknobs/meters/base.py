@@ -9,32 +9,36 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
-from greenknobs.phases import Measurement
-
-
-@dataclass(frozen=True)
-class Availability:
-    available: bool
-    reason: str = ""
+from greenknobs.phases import Availability, Measurement
 
 
 class WindowResult:
     """Filled in when a ``window`` context exits."""
 
-    measurement: Measurement | None = None
+    _measurement: Measurement | None = None
+
+    @property
+    def measurement(self) -> Measurement:
+        if self._measurement is None:
+            raise RuntimeError("the window is still open: read its measurement after the with-block")
+        return self._measurement
+
+    @measurement.setter
+    def measurement(self, value: Measurement) -> None:
+        self._measurement = value
 
 
 class EnergyMeter(ABC):
     name: ClassVar[str]
     provenance: ClassVar[str]  # "measured" or "modelled" for this backend's figures
-    measures: ClassVar[tuple[str, ...]]  # hardware components covered: cpu, gpu, dram, ram
+    measures: tuple[str, ...]  # hardware components covered: cpu, gpu, dram, ram (an instance may cover fewer)
     # Smallest window (s) whose figure is not dominated by the backend's update interval or tick.
     # Windows shorter than MIN_WINDOW_FACTOR x this are repeated (inference) or flagged (see noise.py).
-    resolution_s: ClassVar[float] = 0.1
+    resolution_s: float = 0.1
 
     @classmethod
     @abstractmethod

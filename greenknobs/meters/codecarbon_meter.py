@@ -17,8 +17,8 @@ from typing import Any
 
 from greenknobs.meters.base import Availability, EnergyMeter, WindowRegistry
 from greenknobs.phases import MEASURED, MODELLED, Measurement, combine_provenance
+from greenknobs.units import J_PER_KWH
 
-J_PER_KWH = 3.6e6
 MEASURED_CPU_MODES = ("intel_rapl", "intel_power_gadget", "apple_powermetrics", "windows_emi")
 
 

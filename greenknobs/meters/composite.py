@@ -11,7 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 from greenknobs.meters.base import Availability, EnergyMeter
+from greenknobs.meters.nvml import NvmlMeter
+from greenknobs.meters.zeus_meter import ZeusMeter
 from greenknobs.phases import Measurement, combine_provenance
+
+GPU_METERS = ("zeus", "nvml")  # preference order for a composite's GPU part
+
+
+def gpu_meter_choice() -> tuple[str | None, str]:
+    """The GPU meter a composite would use here, or None and why there is none."""
+    gpu = NvmlMeter.probe()
+    if not gpu.available:
+        return None, gpu.reason
+    return ("zeus" if ZeusMeter.probe().available else "nvml"), gpu.reason
 
 
 class CompositeMeter(EnergyMeter):
@@ -28,8 +40,6 @@ class CompositeMeter(EnergyMeter):
 
     @classmethod
     def probe(cls) -> Availability:
-        from greenknobs.meters import gpu_meter_choice  # the registry knows which GPU meters exist
-
         choice, reason = gpu_meter_choice()
         if choice is None:
             return Availability(False, f"no GPU meter for the GPU part ({reason})")

@@ -13,7 +13,6 @@ Every figure is labelled "modelled" and carries these parameters.
 
 from __future__ import annotations
 
-import resource
 import time
 from typing import Any
 
@@ -21,14 +20,9 @@ import psutil
 
 from greenknobs.meters.base import Availability, EnergyMeter, WindowRegistry
 from greenknobs.phases import MODELLED, Measurement
+from greenknobs.runtime import process_cpu_seconds
 
 DEFAULT_PARAMS = {"watts_per_busy_core": 4.0, "watts_per_gb": 0.375, "base_watts": 0.0}
-
-
-def process_cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class CpuModelMeter(EnergyMeter):

@@ -1,4 +1,4 @@
-"""NVIDIA GPU energy from NVML (nvidia-ml-py). The only module that imports pynvml.
+"""NVIDIA GPU energy from NVML (through greenknobs.devices.nvml, the pynvml owner).
 
 Per GPU, the best method the device offers:
   ``total_energy_counter``  nvmlDeviceGetTotalEnergyConsumption (mJ since driver load, Volta+)
@@ -9,60 +9,18 @@ Both are measurements; which one was used is named in every figure.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from greenknobs.devices.nvml import nvml as _nvml
+from greenknobs.devices.nvml import probe_nvml, text, visible_gpu_indices
 from greenknobs.meters.base import Availability, EnergyMeter, WindowRegistry, cuda_synchronize
 from greenknobs.phases import MEASURED, Measurement
 
 COUNTER = "total_energy_counter"
 SAMPLES = "power_samples"
-
-
-def _nvml():
-    import pynvml  # provided by nvidia-ml-py
-
-    return pynvml
-
-
-def visible_gpu_indices(count: int) -> list[int]:
-    """NVML indices of the GPUs this process may use, honouring CUDA_VISIBLE_DEVICES.
-
-    Assumes CUDA and NVML enumerate in the same (PCI bus) order: set CUDA_DEVICE_ORDER=PCI_BUS_ID.
-    UUID/MIG entries cannot be mapped to a whole-GPU counter and are skipped.
-    """
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return list(range(count))
-    out = []
-    for tok in visible.split(","):
-        tok = tok.strip()
-        if not tok.isdigit():
-            break  # CUDA stops enumerating at the first invalid entry
-        if int(tok) < count:
-            out.append(int(tok))
-    return out
-
-
-def probe_nvml() -> Availability:
-    try:
-        nv = _nvml()
-    except ImportError:
-        return Availability(False, "nvidia-ml-py (pynvml) is not installed")
-    try:
-        nv.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded: both mean "not here"
-        return Availability(False, f"NVML library not found or no NVIDIA driver ({exc})")
-    try:
-        count = nv.nvmlDeviceGetCount()
-        visible = visible_gpu_indices(count)
-        if not visible:
-            return Availability(False, f"NVML sees {count} GPU(s), none visible via CUDA_VISIBLE_DEVICES")
-        return Availability(True, f"{len(visible)} visible NVIDIA GPU(s) via NVML")
-    finally:
-        nv.nvmlShutdown()
 
 
 class _PowerIntegrator:
@@ -171,7 +129,7 @@ class NvmlMeter(EnergyMeter):
         out = []
         for i, h in zip(self._indices, self._handles):
             lo, hi = self._nv.nvmlDeviceGetPowerManagementLimitConstraints(h)
-            out.append({"gpu": i, "name": _text(self._nv.nvmlDeviceGetName(h)),
+            out.append({"gpu": i, "name": text(self._nv.nvmlDeviceGetName(h)),
                         "limit_w": self._nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
                         "default_w": self._nv.nvmlDeviceGetPowerManagementDefaultLimit(h) / 1000.0,
                         "min_w": lo / 1000.0, "max_w": hi / 1000.0})
@@ -182,6 +140,3 @@ class NvmlMeter(EnergyMeter):
             self._integrator.close()
         self._nv.nvmlShutdown()
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -23,7 +23,7 @@ from greenknobs.phases import MEASURED, Measurement
 class ZeusMeter(EnergyMeter):
     name = "zeus"
     provenance = MEASURED
-    measures = ("gpu", "cpu", "dram")
+    measures: tuple[str, ...] = ("gpu", "cpu", "dram")
     resolution_s = 0.1  # bounded by the GPU counter's update interval when a GPU is measured
 
     def __init__(self, gpu_indices: list[int] | None = None, sync_execution: bool = True,

@@ -1,0 +1,1 @@
+"""Hardware interfaces below the meters and knobs: NVML device discovery and GPU power limits."""

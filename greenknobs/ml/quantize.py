@@ -1,0 +1,17 @@
+"""PyTorch's dynamic int8 quantisation of nn.Linear for CPU inference (torch.ao, fbgemm/qnnpack)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose nn.Linear layers run int8 kernels; a bf16-stored model is upcast first."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8)
+
+
+def count_quantized_linears(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized"))

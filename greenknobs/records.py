@@ -1,0 +1,75 @@
+"""What a finished trial is remembered as: the summary the search computes and the row that
+search, tracking and the report pass around. Plain dataclasses of JSON-able values, so the study
+in its storage stays the record (they round-trip through Optuna user attributes)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class TrialSummary:
+    """The search's verdict on one completed trial, against the baseline."""
+
+    energy_j: float  # the energy objective, over ``scope``
+    scope: str  # total | a phase | inference_per_1k
+    metric: str
+    quality: float  # the quality objective
+    provenance: str
+    meter: str
+    meter_params: dict[str, Any]
+    time_s: float
+    energy_saving_pct: float
+    quality_retained_pct: float
+    feasible: bool
+    constraints: dict[str, float] = field(default_factory=dict)  # Optuna constraint values, <= 0 feasible
+    trivial_quality: float | None = None
+    carbon_g: dict[str, float] = field(default_factory=dict)  # per phase and total; empty without an intensity
+    net_energy_j: dict[str, float] | None = None  # gross minus idle; None without an idle baseline
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSummary:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrialRow:
+    """One trial as tables, plots, MLflow and ``pareto --json`` show it."""
+
+    trial: int
+    baseline: bool
+    state: str  # COMPLETE | FAIL | RUNNING | WAITING | PRUNED
+    metric: str
+    knobs: dict[str, Any] = field(default_factory=dict)  # every knob's value
+    searched: dict[str, Any] = field(default_factory=dict)  # the searched ones (Optuna params)
+    energy_j: float | None = None
+    scope: str | None = None
+    quality: float | None = None
+    energy_saving_pct: float | None = None
+    quality_retained_pct: float | None = None
+    feasible: bool | None = None
+    provenance: str | None = None
+    meter: str | None = None
+    meter_params: dict[str, Any] = field(default_factory=dict)
+    phase_energy_j: dict[str, float] = field(default_factory=dict)
+    phase_provenance: dict[str, str] = field(default_factory=dict)
+    carbon_g: float | None = None
+    carbon_g_per_phase: dict[str, float] = field(default_factory=dict)
+    carbon_source: str | None = None
+    net_energy_j: float | None = None
+    time_s: float | None = None
+    fail_reason: str | None = None
+    mlflow_run_id: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE" and self.quality is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; the quality also appears under its metric's name (``macro_f1``)."""
+        return {**asdict(self), self.metric: self.quality}

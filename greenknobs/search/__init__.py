@@ -1,0 +1,9 @@
+"""The search: the Optuna study (study), running trials in it (runner), reading them back (rows)
+and publishing the front (publish)."""
+
+from greenknobs.search.publish import Front, publish
+from greenknobs.search.runner import Search, SearchOutcome, constraint_values, relative_figures
+from greenknobs.search.study import mask_password, open_study
+
+__all__ = ["Search", "SearchOutcome", "Front", "publish", "open_study", "mask_password", "constraint_values",
+           "relative_figures"]

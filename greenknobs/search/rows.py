@@ -1,0 +1,51 @@
+"""Trials read back from the study as ``TrialRow``s (what tables, plots, MLflow and the CLI show)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from greenknobs.config import Experiment
+from greenknobs.records import TrialRow
+from greenknobs.search.study import FrozenTrial, Study, front_trials
+
+
+def trial_row(t: FrozenTrial, exp: Experiment) -> TrialRow:
+    s: dict[str, Any] = t.user_attrs.get("summary", {})
+    result = t.user_attrs.get("result", {})
+    phases = result.get("phases", {})
+    meter_params: dict[str, Any] = s.get("meter_params") or next(
+        (p.get("meter_params") for p in phases.values() if p.get("meter_params")), {})
+    return TrialRow(
+        trial=t.number,
+        baseline=bool(t.user_attrs.get("baseline")),
+        state=t.state.name,
+        metric=exp.objectives.quality_metric,
+        knobs=dict(t.user_attrs.get("knob_values", {})),
+        searched=dict(t.params),
+        energy_j=s.get("energy_j"),
+        scope=s.get("scope"),
+        quality=s.get("quality"),
+        energy_saving_pct=s.get("energy_saving_pct"),
+        quality_retained_pct=s.get("quality_retained_pct"),
+        feasible=s.get("feasible"),
+        provenance=s.get("provenance"),
+        meter=s.get("meter"),
+        meter_params=meter_params,
+        phase_energy_j={name: p.get("energy_j") for name, p in phases.items()},
+        phase_provenance={name: p.get("provenance") for name, p in phases.items()},
+        carbon_g=s.get("carbon_g", {}).get("total"),
+        carbon_g_per_phase=s.get("carbon_g", {}),
+        carbon_source=(result.get("carbon") or {}).get("source"),
+        net_energy_j=(s.get("net_energy_j") or {}).get("total"),
+        time_s=s.get("time_s"),
+        fail_reason=t.user_attrs.get("fail_reason"),
+        mlflow_run_id=t.user_attrs.get("mlflow_run_id"),
+    )
+
+
+def all_rows(study: Study, exp: Experiment) -> list[TrialRow]:
+    return [trial_row(t, exp) for t in study.get_trials(deepcopy=False)]
+
+
+def front_rows(study: Study, exp: Experiment) -> list[TrialRow]:
+    return [trial_row(t, exp) for t in front_trials(study)]

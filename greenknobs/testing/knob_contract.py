@@ -1,0 +1,139 @@
+"""The contract every knob keeps, runnable against any pipeline that honours it.
+
+For one knob: (1) it describes itself (phase, default inside its space, devices, what it verifies);
+(2) where this machine can run it, a non-default value applied inside the real pipeline changes
+the evidence its ``verify`` reads back, and verify accepts it; (3) where it cannot, ``check``
+refuses with a reason before anything runs. For a pipeline: (4) every knob at its baseline
+changes nothing on the model, the data or the runtime.
+
+    from greenknobs.testing.knob_contract import check_knob
+    def test_my_knob(my_pipeline):
+        check_knob("user.freeze_embeddings", my_pipeline)     # one line
+
+A knob names the value to try with ``example`` (and ``example_with`` for the other knob values
+that value needs, e.g. a LoRA alpha needs a LoRA rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from greenknobs.errors import IncompatibleKnobs
+from greenknobs.knobs import REGISTRY, get_knob
+from greenknobs.phases import TrialResult
+from greenknobs.runtime import Runtime, detect_runtime
+from greenknobs.testing.fixtures import TINY_BASELINE, run_knobs
+
+Runner = Callable[[Any, dict[str, Any], Runtime], TrialResult]
+
+
+def example_of(name: str) -> tuple[Any, dict[str, Any]]:
+    """The value the contract tries, and the other knob values it needs."""
+    cls = REGISTRY[name]
+    if hasattr(cls, "example"):
+        return cls.example, dict(cls.example_with)
+    space = cls.space
+    value = next(c for c in space.choices if c != cls.default) if space.choices else space.high
+    return value, dict(cls.example_with)
+
+
+def evidence(result: TrialResult, name: str) -> dict[str, Any]:
+    return {k: v for k, v in result.verifications[name].items() if k != "value"}
+
+
+def check_fields(name: str) -> None:
+    knob = get_knob(name)
+    info = knob.info()
+    for field in ("phase", "default", "space", "devices", "verifies", "description"):
+        assert info[field] not in (None, ""), f"{name} lacks {field}"
+    assert knob.phase in ("data", "model", "system", "training", "inference"), f"{name}: unknown phase {knob.phase!r}"
+    assert knob.space.contains(knob.default) or knob.space.choices is None or name == "model.lora_targets", \
+        f"{name}: default {knob.default!r} outside its space {knob.space.describe()}"
+    value, _ = example_of(name)
+    assert value != knob.default, f"{name}: the contract example must differ from the default"
+    knob.validate(value, f"knobs.{name}")
+
+
+def check_takes_effect(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs) -> tuple[TrialResult, TrialResult]:
+    """The default vs the example value (same companions): verify passes and the evidence moves."""
+    value, companions = example_of(name)
+    default = get_knob(name).default
+    before = run(pipeline, {**companions, **({name: default} if name in TINY_BASELINE else {})}, runtime)
+    after = run(pipeline, {**companions, name: value}, runtime)
+    assert after.verifications[name]["value"] == value
+    assert evidence(after, name) != evidence(before, name), f"{name}={value!r} changed nothing its verify reads"
+    return before, after
+
+
+def check_refused(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs) -> str:
+    """A value this machine cannot run is refused before the trial starts; returns the reason."""
+    value, companions = example_of(name)
+    started = []
+    original = pipeline.data
+    def data(ctx):
+        started.append(True)
+        original(ctx)
+
+    pipeline.data = data
+    try:
+        run(pipeline, {**companions, name: value}, runtime)
+    except IncompatibleKnobs as exc:
+        assert not started, f"{name}: the trial started before the refusal"
+        return str(exc)
+    finally:
+        pipeline.data = original
+    raise AssertionError(f"{name}={value!r} ran on {runtime.device}, but the knob says it needs {get_knob(name).devices}")
+
+
+def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run_knobs,
+                                   overrides: dict[str, Any] | None = None) -> TrialResult:
+    """Every knob's apply at its baseline may write settings and evidence, nothing else."""
+    import torch
+
+    from greenknobs.ml import probes
+
+    changed: dict[str, Any] = {}
+
+    def state(ctx):
+        model = ctx.model
+        return (probes.checksum(model) if model is not None else None,
+                tuple(type(m).__name__ for m in model.modules()) if model is not None else None,
+                [id(r) for r in ctx.train], torch.get_num_threads(), torch.get_num_interop_threads())
+
+    originals = {}
+    for name in pipeline.knobs:
+        cls = REGISTRY[name]
+        originals[cls] = cls.__dict__.get("apply")
+        inherited = cls.apply
+
+        def wrapped(self, ctx, value, _orig=inherited, _name=name):
+            before = state(ctx)
+            _orig(self, ctx, value)
+            if state(ctx) != before:
+                changed[_name] = value
+
+        cls.apply = wrapped  # type: ignore[method-assign]
+    try:
+        result = run(pipeline, dict(overrides or {}), runtime)
+    finally:
+        for cls, original in originals.items():
+            if original is None:
+                del cls.apply
+            else:
+                cls.apply = original  # type: ignore[method-assign]
+    assert not changed, f"baseline values changed the trial: {changed}"
+    assert set(result.verifications) == set(pipeline.knobs)
+    return result
+
+
+def check_knob(name: str, pipeline, runtime: Runtime | None = None, run: Runner = run_knobs) -> None:
+    """The whole per-knob contract on ``pipeline``, here."""
+    runtime = runtime or detect_runtime()
+    check_fields(name)
+    value, _ = example_of(name)
+    knob = get_knob(name)
+    if runtime.device in knob.value_devices.get(value, knob.devices):
+        check_takes_effect(name, pipeline, runtime, run)
+    else:
+        check_refused(name, pipeline, runtime, run)
