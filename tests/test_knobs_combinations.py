@@ -186,3 +186,29 @@ def test_early_exit_logs_its_exit_rate(pipeline):
 def test_inference_seq_len_that_cuts_nothing_is_infeasible(pipeline):
     with pytest.raises(IncompatibleKnobs, match="cuts nothing"):
         F.run_knobs(pipeline, {"inference.seq_len": 64}, CPU)  # the harness truncates at 32 already
+
+
+def test_power_limit_is_restored_when_the_trial_fails_early(fake_nvml, monkeypatch):
+    """release() runs in the runner's finally: a trial that dies in training leaves no cap behind."""
+    from greenknobs.knobs import get_knob
+    from greenknobs.meters.cpu_model import CpuModelMeter
+    from greenknobs.pipeline import Pipeline, run_trial
+
+    class DiesInTraining(Pipeline):
+        name, knobs, metrics, default_metric = "dies", ("system.gpu_power_limit",), {"q": "maximize"}, "q"
+
+        def data(self, ctx): ctx.apply_knobs()
+        def model(self, ctx): ctx.apply_knobs()
+        def system(self, ctx): ctx.apply_knobs()
+        def inference(self, ctx): ctx.apply_knobs()
+
+        def training(self, ctx):
+            ctx.apply_knobs()
+            assert nv.limit_mw[0] == 150_000  # the cap is on while the trial runs
+            raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(Runtime, "synchronize", lambda self: None)  # no CUDA in this torch build
+    nv = fake_nvml()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_trial(DiesInTraining({}), [(get_knob("system.gpu_power_limit"), 0.5)], CpuModelMeter(), GPU, seed=0)
+    assert nv.limit_mw[0] == 300_000
