@@ -39,6 +39,9 @@ class Timing:
     def phase_done(self, number, phase, result, so_far):
         self.phase_s[number] = self.phase_s.get(number, 0.0) + result.time_s
 
+    def note(self, *a):
+        pass
+
     def trial_done(self, number, *a):
         self.ends[number] = time.perf_counter()
 

@@ -20,13 +20,17 @@ class ConsoleReporter:
     def __init__(self, metric: str):
         self.metric = metric
 
-    def search_started(self, exp, finished: int, planned: int, meter: str) -> None:
+    def search_started(self, exp, finished: int, planned: int, meter: dict[str, str]) -> None:
         what = f"continuing study {exp.name!r} ({finished} trials so far)" if finished else f"new study {exp.name!r}"
-        print(f"greenknobs: {what}; running {planned} trial(s); meter: {meter}", flush=True)
+        how = f"auto: {meter['why']}" if meter["requested"] == "auto" else meter["why"]
+        print(f"greenknobs: {what}; running {planned} trial(s); meter: {meter['name']} ({how})", flush=True)
 
     def trial_started(self, number: int, index: int, planned: int, values: dict[str, Any], baseline: bool) -> None:
         label = "baseline (all knobs at their defaults)" if baseline else ", ".join(f"{k}={v}" for k, v in values.items())
         print(f"\n[{index}/{planned}] trial {number}: {label}", flush=True)
+
+    def note(self, number: int, message: str) -> None:
+        print(f"    {message}", flush=True)
 
     def phase_done(self, number: int, phase: str, result, energy_so_far_j: float) -> None:
         m = result.measurement
@@ -43,8 +47,8 @@ class ConsoleReporter:
         co2 = summary.carbon_g.get("total")
         co2 = f", {co2:.3f} g CO2e" if co2 is not None else ""
         print(f"    => {summary.energy_j:.1f} J {summary.provenance}{co2} ({summary.energy_saving_pct:+.1f} % saved), "
-              f"{self.metric} {summary.quality:.4f} ({summary.quality_retained_pct:.1f} % kept){flag}"
-              f"  [{left} left{eta}]", flush=True)
+              f"{self.metric} validation (searched) {summary.quality:.4f} ({summary.quality_retained_pct:.1f} % kept), "
+              f"test (held out) {summary.test_quality:.4f}{flag}  [{left} left{eta}]", flush=True)
 
 
 def _load(args) -> Any:

@@ -38,7 +38,9 @@ class Objectives:
 @dataclass(frozen=True)
 class Constraints:
     min_quality_retained: float | None = 0.97  # fraction of the baseline's quality
-    beat_trivial_by: float | None = 0.05  # quality must beat the trivial predictor by this margin
+    # quality must beat the trivial predictor by this margin: in the metric's units when it is
+    # maximised (F1: +0.05), as a fraction when it is minimised (perplexity: 0.2 = 20 % below)
+    beat_trivial_by: float | None = 0.05
 
 
 @dataclass(frozen=True)
@@ -198,14 +200,15 @@ def _objectives(raw: Any, pipeline_cls) -> Objectives:
     return Objectives(scope, quality, direction)
 
 
-def _constraints(raw: Any) -> Constraints:
+def _constraints(raw: Any, objectives: Objectives) -> Constraints:
     raw = _mapping(raw, "constraints")
     _reject_unknown(raw, ("min_quality_retained", "beat_trivial_by"), "constraints")
     d = Constraints()
     return Constraints(
         _number(raw.get("min_quality_retained", d.min_quality_retained), "constraints.min_quality_retained",
                 low=0, high=1, allow_none=True),
-        _number(raw.get("beat_trivial_by", d.beat_trivial_by), "constraints.beat_trivial_by", low=0, allow_none=True),
+        _number(raw.get("beat_trivial_by", d.beat_trivial_by), "constraints.beat_trivial_by", low=0,
+                high=0.99 if objectives.quality_direction == "minimize" else None, allow_none=True),
     )
 
 
@@ -239,6 +242,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     if not any(s.searched for s in settings.values()):
         raise ConfigError("knobs", "no knob to search: give at least one knob a space")
 
+    objectives = _objectives(raw.get("objectives"), pipeline_cls)
     budget = _mapping(raw.get("budget"), "budget")
     _reject_unknown(budget, ("trials", "timeout_s"), "budget")
     trials = _number(budget.get("trials", 12), "budget.trials", integer=True, low=1)
@@ -291,7 +295,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     return Experiment(
         name=name, pipeline=pipe["name"], pipeline_options=options,
         knobs=tuple(settings[n] for n in sorted(settings, key=lambda n: (PHASES.index(settings[n].knob.phase), n))),
-        objectives=_objectives(raw.get("objectives"), pipeline_cls), constraints=_constraints(raw.get("constraints")),
+        objectives=objectives, constraints=_constraints(raw.get("constraints"), objectives),
         trials=trials, timeout_s=timeout_s, sampler=sampler, seed=seed, device=device, meter=meter, carbon=carbon,
         repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(raw.get("description", "")),
         quick=quick, source=source,

@@ -44,7 +44,8 @@ class TrialContext:
 
     settings:  knob values the pipeline reads, keyed by knob name (``ctx.setting("system.threads")``)
     observed:  what actually happened (batch sizes seen, dtypes, step counts), for ``Knob.verify``
-    quality:   metrics the pipeline computed
+    quality:   metrics per split the inference phase scored: {"validation": {...}, "test": {...}}
+               (validation steers the search; test is held out)
     samples:   how many examples each phase processed
     """
 
@@ -52,7 +53,7 @@ class TrialContext:
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
     observed: Observations = field(default_factory=Observations)
-    quality: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
     phase_details: dict[str, dict[str, Any]] = field(default_factory=dict)
     # -- the data and model knobs act on (set by the pipeline) ---------------------------------

@@ -17,6 +17,11 @@ from greenknobs.units import grams_per_phase
 # measures what that configuration itself costs.
 PHASES: tuple[str, ...] = ("data", "model", "system", "training", "inference")
 
+# Quality is scored on two splits: the search optimises and constrains on VALIDATION only; TEST
+# is held out -- scored in every trial, reported everywhere, never read by the sampler.
+VALIDATION, TEST = "validation", "test"
+SPLITS = (VALIDATION, TEST)
+
 MEASURED = "measured"
 MODELLED = "modelled"
 
@@ -82,12 +87,15 @@ class TrialResult:
 
     knob_values: dict[str, Any]
     phases: dict[str, PhaseResult]
-    quality: dict[str, float]
+    quality: dict[str, dict[str, float]]  # split (validation, test) -> metric -> value
     samples: dict[str, int]
     verifications: dict[str, dict[str, Any]]
-    idle_power_w: float | None = None  # measured before the study; None = no baseline, net not reported
+    # idle power measured before the study: {"watts", "seconds", "meter", "provenance", "meter_params"};
+    # None = no idle baseline, net energy not reported
+    idle_power: dict[str, Any] | None = None
     # {"g_per_kwh": float, "source": str, "pue": float}; None = no carbon figures
     carbon_intensity: dict[str, Any] | None = None
+    process_state: dict[str, Any] = field(default_factory=dict)  # what was reset before the trial, and the state then
 
     @property
     def energy_j(self) -> float:
@@ -113,9 +121,10 @@ class TrialResult:
 
     def net_energy_j(self) -> dict[str, float] | None:
         """Per phase and ``total``: gross minus idle power x time; None without an idle baseline."""
-        if self.idle_power_w is None:
+        if self.idle_power is None:
             return None
-        out = {n: p.energy_j - self.idle_power_w * p.time_s for n, p in self.phases.items()}
+        watts = self.idle_power["watts"]
+        out = {n: p.energy_j - watts * p.time_s for n, p in self.phases.items()}
         out["total"] = sum(out.values())
         return out
 
@@ -143,7 +152,8 @@ class TrialResult:
             "provenance": self.provenance,
             "meter": self.meter,
             "meter_params": self.meter_params,
-            "idle_power_w": self.idle_power_w,
+            "idle_power": self.idle_power,
+            "process_state": self.process_state,
             "net_energy_j": self.net_energy_j(),
             "carbon": None if self.carbon_intensity is None else {**self.carbon_intensity, "g": self.carbon_g()},
             "phases": {

@@ -23,8 +23,8 @@ from greenknobs.knobs.base import Knob
 from greenknobs.knobs.compat import check_trial
 from greenknobs.meters.base import EnergyMeter
 from greenknobs.meters.noise import measure_phase
-from greenknobs.phases import PHASES, PhaseResult, TrialResult
-from greenknobs.runtime import Runtime, seed_everything
+from greenknobs.phases import PHASES, SPLITS, PhaseResult, TrialResult
+from greenknobs.runtime import Runtime, process_state, reset_process_state, seed_everything
 
 ProgressFn = Callable[[str, PhaseResult], None]
 ENTRY_POINT_GROUP = "greenknobs.pipelines"
@@ -130,7 +130,12 @@ def _release_all(knob_values: list[tuple[Knob, Any]], ctx: TrialContext) -> None
         raise RuntimeError("releasing knobs failed: " + "; ".join(errors))
 
 
-def run_trial(
+def run_trial(*args: Any, **kwargs: Any) -> TrialResult:
+    """Run one trial (see ``execute_trial``) and return what it produced."""
+    return execute_trial(*args, **kwargs)[0]
+
+
+def execute_trial(
     pipeline: Pipeline,
     knob_values: list[tuple[Knob, Any]],
     meter: EnergyMeter,
@@ -140,15 +145,16 @@ def run_trial(
     *,
     repeats: int = 1,
     spread_warning: float = 0.10,
-    idle_power_w: float | None = None,
+    idle_power: dict[str, Any] | None = None,
     carbon_intensity: dict[str, Any] | None = None,
-) -> TrialResult:
+) -> tuple[TrialResult, TrialContext]:
     """Run every phase with its knobs applied, one meter window per phase, then verify every knob.
+    Returns the result and the context the phases left (what verify read: tests re-judge it).
 
     ``repeats`` measures the pipeline's repeatable phases (inference) that many times and keeps
     median and spread; a repeatable phase shorter than the meter resolves runs several times in
     one window; other short phases are flagged ``below_resolution`` (see meters/noise.py).
-    ``idle_power_w`` (from noise.measure_idle_power) and ``carbon_intensity``
+    ``idle_power`` ({"watts", "meter", "provenance", ...} from noise.measure_idle_power) and ``carbon_intensity``
     ({"g_per_kwh", "source", "pue"}, see meters/carbon.py) are carried into the result.
     Every knob's ``release`` runs afterwards, whether the trial succeeded or not.
 
@@ -160,29 +166,37 @@ def run_trial(
     if unknown:
         raise ConfigError(f"knobs.{unknown[0]}", f"not supported by pipeline {pipeline.name!r}")
 
+    reset = reset_process_state()  # every trial starts from the same process state, whatever ran before
     seed_everything(seed)
     ctx = TrialContext(runtime, seed, meter=meter)
     results: dict[str, PhaseResult] = {}
+    start_state = process_state()
     try:
         for phase in PHASES:
+            state = process_state()
             phase_knobs = sorted(((k, v) for k, v in knob_values if k.phase == phase), key=lambda kv: kv[0].order)
             run = _phase_run(pipeline, ctx, runtime, phase, phase_knobs)
             measurement, facts = measure_phase(meter, phase, run, repeatable=phase in pipeline.repeatable_phases,
                                                repeats=repeats, spread_warning=spread_warning)
-            details = {**ctx.phase_details.get(phase, {}), "measurement": facts}
+            details = {**ctx.phase_details.get(phase, {}), "measurement": facts, "process_state_at_start": state}
             results[phase] = PhaseResult(phase, measurement, details)
             if progress:
                 progress(phase, results[phase])
         ctx.phase = None
+        missing = [split for split in SPLITS if not ctx.quality.get(split)]
+        if missing:
+            raise RuntimeError(f"pipeline {pipeline.name!r} scored no {' or '.join(missing)} split: its inference phase must "
+                               "fill ctx.quality['validation'] (searched) and ctx.quality['test'] (held out)")
         verifications = {k.name: {"value": v, **k.verify(ctx, v)} for k, v in knob_values}
     finally:
         _release_all(knob_values, ctx)
     return TrialResult(
         knob_values={k.name: v for k, v in knob_values},
         phases=results,
-        quality=dict(ctx.quality),
+        quality={split: dict(scores) for split, scores in ctx.quality.items()},
         samples=dict(ctx.samples),
         verifications=verifications,
-        idle_power_w=idle_power_w,
+        idle_power=idle_power,
         carbon_intensity=carbon_intensity,
-    )
+        process_state={"reset": reset, "at_start": start_state},
+    ), ctx

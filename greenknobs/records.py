@@ -15,7 +15,7 @@ class TrialSummary:
     energy_j: float  # the energy objective, over ``scope``
     scope: str  # total | a phase | inference_per_1k
     metric: str
-    quality: float  # the quality objective
+    quality: float  # the quality objective: on the validation split (what the search steers by)
     provenance: str
     meter: str
     meter_params: dict[str, Any]
@@ -24,7 +24,9 @@ class TrialSummary:
     quality_retained_pct: float
     feasible: bool
     constraints: dict[str, float] = field(default_factory=dict)  # Optuna constraint values, <= 0 feasible
-    trivial_quality: float | None = None
+    trivial_quality: float | None = None  # the trivial predictor's validation score (the guard's bar)
+    test_quality: float | None = None  # on the held-out test split: reported, never searched on
+    test_quality_retained_pct: float | None = None
     carbon_g: dict[str, float] = field(default_factory=dict)  # per phase and total; empty without an intensity
     net_energy_j: dict[str, float] | None = None  # gross minus idle; None without an idle baseline
 
@@ -48,10 +50,13 @@ class TrialRow:
     knobs: dict[str, Any] = field(default_factory=dict)  # every knob's value
     searched: dict[str, Any] = field(default_factory=dict)  # the searched ones (Optuna params)
     energy_j: float | None = None
-    scope: str | None = None
-    quality: float | None = None
+    scope: str | None = None  # what energy_j covers: total, a phase, or inference_per_1k (J per 1,000 predictions)
+    validation_quality: float | None = None  # searched: the objective and the constraints read this
+    test_quality: float | None = None  # held out: reported beside it, never read by the search
     energy_saving_pct: float | None = None
-    quality_retained_pct: float | None = None
+    quality_retained_pct: float | None = None  # on validation
+    test_quality_retained_pct: float | None = None
+    trivial_quality: float | None = None
     feasible: bool | None = None
     provenance: str | None = None
     meter: str | None = None
@@ -68,8 +73,22 @@ class TrialRow:
 
     @property
     def complete(self) -> bool:
-        return self.state == "COMPLETE" and self.quality is not None
+        return self.state == "COMPLETE" and self.validation_quality is not None
+
+    @property
+    def energy_label(self) -> str:
+        return energy_label(self.scope)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form; the quality also appears under its metric's name (``macro_f1``)."""
-        return {**asdict(self), self.metric: self.quality}
+        """JSON form, with the role of each quality spelled out."""
+        return {**asdict(self), "quality_roles": {"validation_quality": "validation (searched)",
+                                                  "test_quality": "test (held out)"}}
+
+
+def energy_label(scope: str | None) -> str:
+    """What an energy figure of this objective scope is, in words with its unit."""
+    if scope == "inference_per_1k":
+        return "J per 1,000 predictions (inference)"
+    if scope in (None, "total"):
+        return "J, all phases"
+    return f"J, {scope} phase"

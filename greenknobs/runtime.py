@@ -12,6 +12,7 @@ import random
 import resource
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,30 @@ def process_cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def process_state() -> dict[str, Any]:
+    """What in this process a trial's figures depend on: thread counts, autograd, autocast."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "grad_enabled": torch.is_grad_enabled(), "autocast_cpu": torch.is_autocast_enabled("cpu")}
+
+
+def reset_process_state() -> dict[str, Any]:
+    """Give every trial the same start: torch's default thread count (one per usable core),
+    autograd on, and no compiled graphs left over from an earlier trial (torch.compile's cache).
+    Returns what was reset, for the trial's record. Inter-op threads can only be set once per
+    process, so they are recorded, not reset."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    torch.set_num_threads(usable_cores())
+    torch.set_grad_enabled(True)
+    cleared = []
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()  # compiled graphs and guards: a later trial must pay its own compilation
+        cleared.append("torch.compile graphs")
+    return {"threads_set_to": usable_cores(), "grad_enabled": True, "caches_cleared": cleared}

@@ -71,7 +71,7 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def start_study(self, exp, study_name: str, carbon: dict[str, Any] | None = None,
-                    idle_power_w: float | None = None) -> str:
+                    idle_power: dict[str, Any] | None = None, meter: dict[str, Any] | None = None) -> str:
         """Reuse the study's parent run (a rerun continues it) or create it; close runs a crash left open."""
         self.parent_id = self.find_parent(study_name)
         if self.parent_id is None:
@@ -83,7 +83,8 @@ class Tracker:
                       "objective.quality": f"{exp.objectives.quality_direction} {exp.objectives.quality_metric}",
                       "constraint.min_quality_retained": exp.constraints.min_quality_retained,
                       "constraint.beat_trivial_by": exp.constraints.beat_trivial_by,
-                      "meter": exp.meter.name, "carbon.country_iso_code": exp.carbon.country_iso_code,
+                      "meter": (meter or {}).get("name", exp.meter.name), "meter.requested": exp.meter.name,
+                      "meter.why": (meter or {}).get("why", ""), "carbon.country_iso_code": exp.carbon.country_iso_code,
                       "carbon.pue": exp.carbon.pue}
             if carbon:
                 params.update({"carbon.g_per_kwh": round(carbon["g_per_kwh"], 2), "carbon.source": carbon["source"]})
@@ -98,8 +99,10 @@ class Tracker:
                 self.client.log_artifact(self.parent_id, exp.source, "experiment")
         else:
             self.client.update_run(self.parent_id, status="RUNNING")
-        if idle_power_w is not None:
-            self.client.log_metric(self.parent_id, "idle_power_w", idle_power_w)
+        if idle_power is not None:
+            self.client.log_metric(self.parent_id, "idle_power_w", idle_power["watts"])
+            self.client.set_tag(self.parent_id, "idle_power.meter", idle_power["meter"])
+            self.client.set_tag(self.parent_id, "idle_power.provenance", idle_power["provenance"])
         self._close_orphans()
         return self.parent_id
 
@@ -116,12 +119,31 @@ class Tracker:
             self.client.set_terminated(self.parent_id, status=status)
 
     # -- trials --------------------------------------------------------------------------------
-    def start_trial(self, number: int, knob_values: dict[str, Any], baseline: bool) -> str:
+    def start_trial(self, number: int, knob_values: dict[str, Any], baseline: bool,
+                    canonicalised: list[str] | None = None) -> str:
         tags = {"mlflow.parentRunId": self.parent_id, "trial": str(number), "state": "running",
                 "baseline": str(baseline).lower(), ROLE_TAG: "trial"}
+        if canonicalised:
+            tags["canonicalised"] = "; ".join(canonicalised)[:4000]
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}" + ("-baseline" if baseline else ""),
                                      tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in knob_values.items()])
+        return run.info.run_id
+
+    def reuse_trial(self, number: int, twin_run_id: str | None, twin_number: int) -> str:
+        """A run for a trial that repeats an earlier one: the earlier run's figures, tagged as reused."""
+        tags = {"mlflow.parentRunId": self.parent_id, "trial": str(number), "state": "complete",
+                "duplicate_of": str(twin_number), ROLE_TAG: "trial",
+                "mlflow.note.content": f"Same knob values as trial {twin_number}: its result is reused; nothing ran."}
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:03d}-same-as-{twin_number:03d}", tags=tags)
+        if twin_run_id:
+            twin = self.client.get_run(twin_run_id)
+            now = int(time.time() * 1000)
+            keep = {k: v for k, v in twin.data.tags.items() if not k.startswith("mlflow.") and k not in tags}
+            self.client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in twin.data.metrics.items()],
+                                  params=[Param(k, v) for k, v in twin.data.params.items()],
+                                  tags=[RunTag(k, v) for k, v in keep.items()])
+        self.client.set_terminated(run.info.run_id, status="FINISHED")
         return run.info.run_id
 
     def finish_trial(self, run_id: str, result: TrialResult, summary: TrialSummary) -> None:
@@ -135,8 +157,9 @@ class Tracker:
             metrics[f"time_s.{name}"] = phase.time_s
             if phase.measurement.repeats > 1:
                 metrics[f"energy_spread_j.{name}"] = phase.measurement.spread_j
-        for k, v in result.quality.items():
-            metrics[f"quality.{k}"] = v
+        for split, scores in result.quality.items():
+            for k, v in scores.items():
+                metrics[f"quality.{split}.{k}"] = v
         for k, v in result.samples.items():
             metrics[f"samples.{k}"] = v
         for k, v in summary.constraints.items():
@@ -157,10 +180,15 @@ class Tracker:
         self.client.log_dict(run_id, result.verifications, "knob_verification.json")
         self.client.set_terminated(run_id, status="FINISHED")
 
-    def fail_trial(self, run_id: str, reason: str, infeasible: bool) -> None:
-        self.client.set_tag(run_id, "state", "infeasible" if infeasible else "failed")
-        self.client.set_tag(run_id, "fail_reason", reason[:4000])
-        self.client.set_terminated(run_id, status="FAILED")
+    def fail_trial(self, run_id: str, reason: str, infeasible: bool, traceback_text: str | None = None) -> None:
+        """Close a trial's run as FAILED with its reason (and the traceback as an artifact)."""
+        try:
+            self.client.set_tag(run_id, "state", "infeasible" if infeasible else "failed")
+            self.client.set_tag(run_id, "fail_reason", reason[:4000])
+            if traceback_text and not infeasible:
+                self.client.log_text(run_id, traceback_text, "traceback.txt")
+        finally:
+            self.client.set_terminated(run_id, status="FAILED")
 
     def kill_trial(self, run_id: str) -> None:
         self.client.set_tag(run_id, "state", "interrupted")

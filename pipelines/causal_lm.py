@@ -1,6 +1,6 @@
 """Causal language modelling: a small pre-norm (LLaMA-style) decoder on BBC News text.
 
-data:      read the articles, seeded split by article (stratified by topic), de-duplicate the
+data:      read the articles, drop exact duplicates, seeded split by article (stratified by topic), de-duplicate the
            training articles, tokenise with the bundled MiniLM WordPiece tokenizer (optionally
            through the token cache), keep the ``vocab_size`` most frequent training tokens
            (the rest -> [UNK]; the mapping depends only on the full training split, so every trial
@@ -9,9 +9,10 @@ data:      read the articles, seeded split by article (stratified by topic), de-
 model:     a fresh decoder from a config (``model: scratch``) or a trained one from a directory
            (e.g. one this pipeline saved with ``save_model``: the test bed for pruning + healing)
 training:  the shared loop (ml.train_loop.train), next-token cross-entropy
-inference: test perplexity in blocks of inference.seq_len (0 = pipeline.eval_seq_len, fixed so
-           that trials with different training block lengths stay comparable);
-           the trivial predictor is a unigram model fit on the training tokens
+inference: validation perplexity (searched) and test perplexity (held out) in blocks of
+           inference.seq_len (0 = pipeline.eval_seq_len, fixed so that trials with different
+           training block lengths stay comparable); the trivial predictor is a unigram model fit
+           on the training tokens
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from greenknobs.errors import ConfigError, IncompatibleKnobs
-from greenknobs.ml import hf, metrics, token_cache
+from greenknobs.ml import distill, hf, metrics, token_cache
 from greenknobs.ml import train_loop as loop
-from greenknobs.ml.data import deduplicate_training, stratified_subset, subsample_training
+from greenknobs.ml.data import deduplicate_training, drop_duplicate_texts, stratified_subset, subsample_training
 from greenknobs.ml.quantize import count_quantized_linears
 from greenknobs.pipeline import Pipeline
 from pipelines.text_data import check_dataset_option, check_options, load_bbc_news, load_table
@@ -103,10 +104,8 @@ class LanguageModelTask:
         out = model(input_ids=batch["input_ids"], labels=batch["input_ids"])
         return out.loss, out.logits
 
-    def kd_loss(self, student, teacher, batch, t: float):
-        s = F.log_softmax(student[:, :-1].float() / t, -1).flatten(0, 1)
-        q = F.log_softmax(teacher[:, :-1].float() / t, -1).flatten(0, 1)
-        return F.kl_div(s, q, log_target=True, reduction="batchmean") * t * t  # mean over predicted tokens
+    def kd_loss(self, student, teacher, batch, t: float, facts: dict[str, Any]):
+        return distill.soft_kl_tokens(student, teacher, t, facts)  # mean over predicted tokens
 
     def validate(self, ctx, model) -> float:
         return -perplexity(ctx, model, ctx.validation, ctx.setting("system.train_batch_size"))
@@ -171,6 +170,7 @@ class CausalLMPipeline(Pipeline):
         ds = self.options["dataset"]
         articles = load_bbc_news() if ds == "bbc-news" else load_table(
             ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
+        articles, dropped = drop_duplicate_texts(articles)  # before splitting: no article in two splits
         if self.options["max_examples"]:
             articles = stratified_subset(articles, min(1.0, self.options["max_examples"] / len(articles)), ctx.seed)
         split = self.options["split"]
@@ -196,10 +196,14 @@ class CausalLMPipeline(Pipeline):
         ctx.extras["train_stream"] = self._stream(ctx, ctx.train)
         ctx.train = [{"input_ids": b} for b in blocks(ctx.extras["train_stream"], block)]
         subsample_training(ctx)  # a seeded fraction of the training blocks (one stratum: no labels)
+        ctx.observed.record("truncated_train_inputs", len(ctx.train))  # every block is cut at the limit
+        ctx.extras["validation_articles"], ctx.extras["test_articles"] = ctx.validation, ctx.test
+        # early stopping's validation passes use blocks of the training length (compared within a trial only)
         ctx.validation = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.validation), block)]
-        ctx.extras["test_articles"] = ctx.test
         ctx.samples["data"] = len(articles)
-        ctx.detail("articles", {"train": len(train), "validation": len(ctx.validation), "test": len(ctx.test)})
+        ctx.detail("duplicates_dropped_before_split", dropped)
+        ctx.detail("articles", {"train": len(train), "validation": len(ctx.extras["validation_articles"]),
+                                "test": len(ctx.test)})
         ctx.detail("training_blocks", len(ctx.train))
         ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
 
@@ -240,28 +244,40 @@ class CausalLMPipeline(Pipeline):
             hf.save_pretrained(ctx.trained_model, self.options["save_model"])
 
     def inference(self, ctx) -> None:
+        """Perplexity on the validation articles (searched) and the test articles (held out), in
+        fixed-length blocks: one fixed workload, so inference energy compares across trials."""
         ctx.apply_knobs()  # batch size, quantisation, precision, compile, seq_len
-        model, device = ctx.model, ctx.runtime.device
+        model = ctx.model
         model.eval()
         served, compile_stats = loop.inference_model(ctx, model)
-        batch_size = ctx.setting("inference.batch_size")
         length = ctx.setting("inference.seq_len") or self.options["eval_seq_len"]
         ctx.observed.record("inference_default_len", self.options["eval_seq_len"])
-        test = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.extras["test_articles"]), length)]
         ctx.observed.record("threads_in_inference", torch.get_num_threads())
         ctx.observed.record("inference_quantized_linears", count_quantized_linears(model))
         ctx.observed.record("inference_block_len", length)
+        ctx.quality, served_blocks, tokens = {}, 0, {}
+        for split in ("validation", "test"):
+            rows = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.extras[f"{split}_articles"]), length)]
+            ppl, tokens[split] = self._perplexity(ctx, served, rows)
+            ctx.quality[split] = {"perplexity": ppl,
+                                  "unigram_perplexity": unigram_perplexity(ctx.extras["train_stream"], rows, ctx.extras["vocab"])}
+            served_blocks += len(rows)
+        ctx.observed.record("inference_compile", dict(compile_stats))
+        ctx.samples["inference"] = served_blocks
+        ctx.detail("tokens", tokens)
+        ctx.detail("workload", f"validation + test articles in {served_blocks} blocks of {length} tokens")
+
+    @staticmethod
+    def _perplexity(ctx, served, rows) -> tuple[float, int]:
+        batch_size, device = ctx.setting("inference.batch_size"), ctx.runtime.device
         total, count = 0.0, 0
         with torch.inference_mode():
-            for s in range(0, len(test), batch_size):
-                ids = torch.tensor([r["input_ids"] for r in test[s: s + batch_size]]).to(device)
+            for s in range(0, len(rows), batch_size):
+                ids = torch.tensor([r["input_ids"] for r in rows[s: s + batch_size]]).to(device)
                 ctx.observed.record_max("inference_longest_input", ids.shape[1])
                 ctx.observed.record_max("inference_batch_size_max", ids.shape[0])
                 nll, n, logits = token_nll(served, ids)
                 ctx.observed.record("inference_logits_dtype", str(logits.dtype))
                 total, count = total + nll, count + n
-        ctx.observed.record("inference_compile", {k: compile_stats[k] for k in ("graphs", "calls", "backend")})
-        ctx.quality = {"perplexity": math.exp(total / max(count, 1)),
-                       "unigram_perplexity": unigram_perplexity(ctx.extras["train_stream"], test, ctx.extras["vocab"])}
-        ctx.samples["inference"] = len(test)
-        ctx.detail("test_tokens", count)
+        ctx.observed.record_max("inference_largest_split", len(rows))  # batches never span two splits
+        return math.exp(total / max(count, 1)), count

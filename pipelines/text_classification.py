@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from greenknobs.errors import ConfigError, IncompatibleKnobs
-from greenknobs.ml import early_exit, hf, metrics, probes, token_cache
+from greenknobs.ml import distill, early_exit, hf, layers, metrics, probes, token_cache
 from greenknobs.ml import train_loop as loop
-from greenknobs.ml.data import select_training_examples, stratified_subset
+from greenknobs.ml.data import drop_duplicate_texts, select_training_examples, stratified_subset
 from greenknobs.ml.quantize import count_quantized_linears
 from greenknobs.pipeline import Pipeline
 from pipelines.text_data import check_dataset_option, check_options, encode_labels, load_bbc_news, load_table
@@ -66,6 +66,7 @@ class ClassificationTask:
         self.ranges: list[tuple[int, int]] = []
         self.first_epoch_batches = 0
         self.exit_steps, self.exit_loss = 0, 0.0
+        self.exit_after: int | None = None  # blocks before the exit, read off the first joint forward pass
 
     def batch_plan(self, ctx, batch_size: int, rng: random.Random) -> list[list[int]]:
         order = list(range(len(ctx.train)))
@@ -115,8 +116,14 @@ class ClassificationTask:
 
     def forward(self, ctx, model, batch, teacher: bool = False):
         want_exit = ctx.exit_head is not None and not teacher
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    output_hidden_states=want_exit)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"],
+                  "output_hidden_states": want_exit}
+        if want_exit and self.exit_after is None:
+            with early_exit.block_outputs(model) as outputs:
+                out = model(**inputs)
+            self.exit_after = early_exit.blocks_before(outputs, out.hidden_states[ctx.exit_block][:, 0])
+        else:
+            out = model(**inputs)
         loss = out.loss
         if want_exit:  # joint training: the exit head learns from the hidden state after block k
             exit_loss = F.cross_entropy(ctx.exit_head(out.hidden_states[ctx.exit_block][:, 0]).float(), batch["labels"])
@@ -125,9 +132,8 @@ class ClassificationTask:
             loss = loss + exit_loss
         return loss, out.logits
 
-    def kd_loss(self, student, teacher, batch, t: float):
-        return F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
-                        log_target=True, reduction="batchmean") * t * t
+    def kd_loss(self, student, teacher, batch, t: float, facts: dict[str, Any]):
+        return distill.soft_kl(student, teacher, t, facts)
 
     def validate(self, ctx, model) -> float:
         preds = predict(ctx, model, ctx.validation, ctx.setting("system.train_batch_size"))
@@ -162,7 +168,8 @@ class TextClassificationPipeline(Pipeline):
     )
     metrics = {"macro_f1": "maximize", "accuracy": "maximize"}
     default_metric = "macro_f1"
-    trivial_metrics = {"macro_f1": "majority_macro_f1", "accuracy": "majority_accuracy"}
+    # the better of the majority class and a stratified random guesser (greenknobs.ml.metrics.trivial_scores)
+    trivial_metrics = {"macro_f1": "trivial_macro_f1", "accuracy": "trivial_accuracy"}
 
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -175,8 +182,9 @@ class TextClassificationPipeline(Pipeline):
         if not isinstance(split, dict) or set(split) != {"train", "validation", "test"}:
             raise ConfigError("pipeline.split", "expected {train, validation, test} fractions")
         for k, v in split.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
-                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in [0, 1), got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+                why = " (the search selects on validation and reports on test: both are needed)" if v == 0 else ""
+                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in (0, 1), got {v!r}{why}")
         if abs(sum(split.values()) - 1.0) > 1e-6:
             raise ConfigError("pipeline.split", f"fractions must sum to 1, got {sum(split.values()):g}")
         cap = merged["max_examples"]
@@ -199,14 +207,13 @@ class TextClassificationPipeline(Pipeline):
         if limit and max_len and limit >= max_len:
             raise IncompatibleKnobs(f"inference.seq_len={limit} cuts nothing: inputs are already at most "
                                     f"data.max_seq_len={max_len} tokens")
-        if values.get("training.early_stopping_patience", 0) and not self.options["split"]["validation"]:
-            raise IncompatibleKnobs("training.early_stopping_patience needs a validation split (pipeline.split.validation > 0)")
 
     # -- phases ------------------------------------------------------------------------------
     def data(self, ctx) -> None:
         ds = self.options["dataset"]
         examples = load_bbc_news() if ds == "bbc-news" else load_table(
             ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
+        examples, dropped = drop_duplicate_texts(examples)  # before splitting: no text in two splits
         if self.options["max_examples"]:
             examples = stratified_subset(examples, min(1.0, self.options["max_examples"] / len(examples)), ctx.seed)
         ctx.extras["label_names"] = encode_labels(examples)
@@ -230,6 +237,7 @@ class TextClassificationPipeline(Pipeline):
         for part in ("train", "validation", "test"):
             ctx.observed.record(f"truncated_{part}_inputs", sum(len(r["input_ids"]) >= max_len for r in getattr(ctx, part)))
         ctx.samples["data"] = len(examples)
+        ctx.detail("duplicates_dropped_before_split", dropped)
         ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
         ctx.detail("labels", ctx.extras["label_names"])
         ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
@@ -262,49 +270,60 @@ class TextClassificationPipeline(Pipeline):
         task.finish(ctx)
         head = getattr(ctx, "exit_head", None)
         ctx.observed.record("exit_head", {
-            "block": ctx.exit_block, "steps": task.exit_steps,
+            "block": ctx.exit_block, "exit_after_blocks": task.exit_after or 0,
+            "layers": layers.layer_count(ctx.trained_model), "steps": task.exit_steps,
             "loss_mean": round(task.exit_loss / max(task.exit_steps, 1), 5),
             "weights_moved": head is not None and probes.checksum(head) != task.exit_before})
 
     def inference(self, ctx) -> None:
+        """Serve one fixed workload -- every validation and test article -- with the trained model.
+        Validation scores steer the search; test scores are reported, never searched on."""
         ctx.apply_knobs()  # batch size, quantisation (replaces ctx.model), precision, compile, seq_len, early exit
-        model, device = ctx.model, ctx.runtime.device
+        model = ctx.model
         model.eval()
         served, compile_stats = loop.inference_model(ctx, model)
-        batch_size, limit = ctx.setting("inference.batch_size"), ctx.setting("inference.seq_len")
         threshold = ctx.setting("inference.early_exit")
         ctx.observed.record("threads_in_inference", torch.get_num_threads())
         ctx.observed.record("inference_quantized_linears", count_quantized_linears(model))
-        exits = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0,
-                 "rows": 0, "exited": 0, "full": 0, "truncated_passes": 0}
+        exits: dict[str, Any] = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0,
+                                 "rows": 0, "exited": 0, "full": 0, "truncated_passes": 0,
+                                 "min_confidence_exited": None, "max_confidence_full": None}
+        train_labels = [r["label"] for r in ctx.train]
+        ctx.quality = {}
+        for split in ("validation", "test"):
+            rows = getattr(ctx, split)
+            predictions = self._serve(ctx, served, model, rows, exits)
+            ctx.quality[split] = metrics.classification_scores(train_labels, [r["label"] for r in rows], predictions,
+                                                               seed=ctx.seed)
+        exits["exit_rate"] = round(exits["exited"] / max(exits["rows"], 1), 4)
+        ctx.observed.record("early_exit", exits)
+        ctx.observed.record("inference_compile", dict(compile_stats))
+        if threshold != "off":
+            ctx.detail("exit_rate", exits["exit_rate"])
+        ctx.samples["inference"] = len(ctx.validation) + len(ctx.test)
+        ctx.detail("workload", f"validation ({len(ctx.validation)}) + test ({len(ctx.test)}) predictions")
+
+    def _serve(self, ctx, served, model, rows, exits) -> list[int]:
+        device, batch_size = ctx.runtime.device, ctx.setting("inference.batch_size")
+        limit, threshold = ctx.setting("inference.seq_len"), ctx.setting("inference.early_exit")
         predictions: list[int] = []
         with torch.inference_mode():
-            for start in range(0, len(ctx.test), batch_size):
-                rows = ctx.test[start: start + batch_size]
-                ids, mask = pad_batch([cut(r["input_ids"], limit) if limit else r["input_ids"] for r in rows], ctx.pad_id)
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start: start + batch_size]
+                ids, mask = pad_batch([cut(r["input_ids"], limit) if limit else r["input_ids"] for r in chunk], ctx.pad_id)
                 ids, mask = ids.to(device), mask.to(device)
                 ctx.observed.record_max("inference_longest_input", int(mask.sum(1).max()))
                 ctx.observed.record_max("longest_input_tokens", int(mask.sum(1).max()))
-                ctx.observed.record_max("inference_batch_size_max", len(rows))
+                ctx.observed.record_max("inference_batch_size_max", len(chunk))
                 if threshold == "off":
                     logits = served(input_ids=ids, attention_mask=mask).logits
                     ctx.observed.record("inference_logits_dtype", str(logits.dtype))
                     predictions.extend(logits.argmax(-1).tolist())
                 else:
                     predictions.extend(self._early_exit(ctx, model, ids, mask, threshold, exits))
-        exits["rows"] = len(ctx.test)
-        exits["exit_rate"] = round(exits["exited"] / max(len(ctx.test), 1), 4)
-        ctx.observed.record("early_exit", exits)
-        ctx.observed.record("inference_compile", {k: compile_stats[k] for k in ("graphs", "calls", "backend")})
-        if threshold != "off":
-            ctx.detail("exit_rate", exits["exit_rate"])
-        truth = [r["label"] for r in ctx.test]
-        ctx.quality = {
-            "macro_f1": metrics.macro_f1(truth, predictions),
-            "accuracy": metrics.accuracy(truth, predictions),
-            **metrics.majority_class_scores([r["label"] for r in ctx.train], truth),
-        }
-        ctx.samples["inference"] = len(ctx.test)
+        exits["rows"] += len(rows)
+        ctx.observed.record_max("inference_largest_split", len(rows))  # batches never span two splits
+        return predictions
 
     @staticmethod
     def _early_exit(ctx, model, ids, mask, threshold: float, exits: dict[str, Any]) -> list[int]:
@@ -320,6 +339,10 @@ class TextClassificationPipeline(Pipeline):
             full = model(input_ids=ids[unsure], attention_mask=mask[unsure]).logits
             ctx.observed.record("inference_logits_dtype", str(full.dtype))
             pred[unsure] = full.argmax(-1)
+            exits["max_confidence_full"] = max(exits["max_confidence_full"] or 0.0, float(conf[unsure].max()))
+        if (~unsure).any():  # the confidences behind the decisions: verify checks them against the threshold
+            low = float(conf[~unsure].min())
+            exits["min_confidence_exited"] = low if exits["min_confidence_exited"] is None else min(exits["min_confidence_exited"], low)
         exits["exited"] += int((~unsure).sum())
         exits["full"] += int(unsure.sum())
         return pred.tolist()

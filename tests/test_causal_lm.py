@@ -23,16 +23,18 @@ def lm(**options):
 def trained(tmp_path_factory):
     """A baseline trial that also saves its model: the 'pre-trained' base for pruning and distillation."""
     out = tmp_path_factory.mktemp("lm") / "base"
-    result = F.run_knobs(lm(save_model=str(out)), {"training.epochs": 2, "training.learning_rate": 3e-3}, CPU)
+    result = F.run_knobs(lm(save_model=str(out)), {"training.epochs": 4, "training.learning_rate": 1e-2}, CPU)
     return out, result
 
 
 def test_perplexity_beats_the_unigram_model(trained):
     _, r = trained
-    q = r.quality
-    assert set(q) == {"perplexity", "unigram_perplexity"}
-    assert 1.0 < q["perplexity"] < q["unigram_perplexity"] < 500  # vocab 500
-    assert r.verifications["training.epochs"]["epochs_completed"] == 2
+    assert set(r.quality) == {"validation", "test"}
+    for q in r.quality.values():
+        assert set(q) == {"perplexity", "unigram_perplexity"} and q["perplexity"] > 1.0 and q["unigram_perplexity"] < 500
+    for q in r.quality.values():  # clearly below the unigram model, on both splits
+        assert q["perplexity"] < 0.95 * q["unigram_perplexity"]
+    assert r.verifications["training.epochs"]["epochs_completed"] == 4
     assert r.samples["inference"] > 0
 
 
@@ -50,6 +52,7 @@ def test_distillation_from_the_unpruned_model(trained):
     kd = r.verifications["training.kd_lambda"]
     assert kd["teacher_forwards"] == r.verifications["training.grad_accumulation"]["micro_batches"] > 0
     assert kd["kd_loss_mean"] > 0
+    assert kd["lambda_seen"] == pytest.approx(0.5, abs=1e-3) and kd["temperature_seen"] == pytest.approx(2.0, rel=1e-3)
     assert r.verifications["model.layers_removed"]["layers_after"] == 2
     assert kd["teacher_parameters"] > r.verifications["model.layers_removed"]["params_after"]  # the unpruned one
 
@@ -62,7 +65,7 @@ def test_distillation_needs_a_trained_teacher():
 def test_inference_seq_len_sets_the_evaluation_block():
     r = F.run_knobs(lm(), {"inference.seq_len": 16}, CPU)
     assert r.verifications["inference.seq_len"]["inference_block_len"] == 16
-    assert math.isfinite(r.quality["perplexity"])
+    assert math.isfinite(r.quality["validation"]["perplexity"]) and math.isfinite(r.quality["test"]["perplexity"])
 
 
 def test_lora_heals_a_saved_model(trained):

@@ -38,6 +38,9 @@ def test_quick_search_on_minilm_bbc_news(tmp_path):
         assert r["meter_params"]["watts_per_busy_core"] > 0
         assert set(r["phase_energy_j"]) == {"data", "model", "system", "training", "inference"}
         assert r["feasible"] is True
+        assert 0 < r["validation_quality"] <= 1 and 0 < r["test_quality"] <= 1  # searched and held out, both shown
+        assert r["quality_roles"] == {"validation_quality": "validation (searched)", "test_quality": "test (held out)"}
+        assert r["trivial_quality"] >= 0.15  # the better of majority class and a stratified random guesser
 
     # The real model learned the real data: the baseline beats the majority-class predictor clearly.
     from greenknobs.config import load_experiment
@@ -46,8 +49,13 @@ def test_quick_search_on_minilm_bbc_news(tmp_path):
     exp = load_experiment(EXP).quick_variant().with_overrides(storage=store[1])
     base = open_study(exp, create=False).trials[0]
     q = base.user_attrs["result"]["quality"]
-    assert base.user_attrs["baseline"] and q["macro_f1"] > q["majority_macro_f1"] + 0.2
-    assert base.user_attrs["result"]["samples"]["inference"] == 80  # 20 % of the 400-article quick subset
+    assert base.user_attrs["baseline"] and q["test"]["macro_f1"] > q["test"]["trivial_macro_f1"] + 0.2
+    assert q["validation"]["stratified_macro_f1"] > q["validation"]["majority_macro_f1"]  # 5 topics: ~0.2 vs ~0.07
+    details = base.user_attrs["result"]["phases"]["data"]["details"]
+    assert details["duplicates_dropped_before_split"] > 0  # BBC News repeats some articles
+    n = details["examples"]  # ~400 articles, split 70/10/20
+    assert 35 <= n["validation"] <= 45 and 75 <= n["test"] <= 85
+    assert base.user_attrs["result"]["samples"]["inference"] == n["validation"] + n["test"]  # one fixed workload
 
     # A second run continues the same study.
     proc = gk("search", EXP, "--quick", "--trials", "1", *store, cwd=tmp_path)

@@ -64,7 +64,7 @@ def cached_run(pipeline, overrides, runtime):
     key = (pipeline.name, *sorted(overrides.items(), key=repr))
     if key not in _runs:
         torch.set_num_threads(runtime.cpu_count)
-        _runs[key] = F.run_knobs(pipeline, dict(overrides), runtime)
+        _runs[key] = F.run_knobs_with_context(pipeline, dict(overrides), runtime)
     return _runs[key]
 
 
@@ -106,17 +106,27 @@ def test_gpu_only_values_refuse_on_cpu(harness, runtime):
             F.run_knobs(harness, {name: value}, runtime)
 
 
-def test_interop_threads_in_a_fresh_process():
-    """set_num_interop_threads works once per process, before parallel work: prove it in a child."""
+def test_interop_threads_in_a_fresh_process(tmp_path):
+    """set_num_interop_threads works once per process, before parallel work: a real tiny trial in a
+    child process, with the evidence recorded by the training loop as the first forward runs."""
     import subprocess
     import sys
 
-    code = ("import torch; from greenknobs.knobs import get_knob; from greenknobs.context import TrialContext;"
-            "from greenknobs.runtime import Runtime; k = get_knob('system.interop_threads');"
-            "ctx = TrialContext(Runtime('cpu', 2, 0), 0); k.apply(ctx, 1);"
-            "ctx.observed.record('interop_threads_in_training', torch.get_num_interop_threads());"
-            "print(k.verify(ctx, 1))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    code = f"""
+import torch
+from pathlib import Path
+from greenknobs.runtime import Runtime
+from greenknobs.testing import fixtures as F
+from pipelines.text_classification import TextClassificationPipeline
+root = Path({str(tmp_path)!r})
+opts = F.classification_options(F.make_tiny_model_dir(root / "m"), F.make_tiny_csv(root / "t.csv"))
+pipe = TextClassificationPipeline(TextClassificationPipeline.validate_options(opts))
+want = 1 if torch.get_num_interop_threads() != 1 else 2
+r = F.run_knobs(pipe, {{"system.interop_threads": want}}, Runtime("cpu", 2, 0))
+print("seen", r.verifications["system.interop_threads"]["interop_threads_in_training"], "want", want)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert out.returncode == 0, out.stderr
-    assert "'interop_threads_in_training': 1" in out.stdout
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen, want = out.stdout.split()[1], out.stdout.split()[3]
+    assert seen == want

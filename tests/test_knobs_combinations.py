@@ -109,26 +109,50 @@ def fake_nvml(monkeypatch):
 GPU = Runtime(device="cuda", cpu_count=1, gpu_count=1)
 
 
-def _power_trial(value):
-    from greenknobs.context import TrialContext
-    from greenknobs.devices import power as gpu_power
+class PowerPipeline:
+    """Five phases around the power-limit knob; training records the limits in force the way the
+    real training loop does (ml.train_loop.record_power_limits), then ``during`` runs."""
+
+    @staticmethod
+    def make(during=lambda nv: None):
+        from greenknobs.ml.train_loop import record_power_limits
+        from greenknobs.pipeline import Pipeline
+
+        class Power(Pipeline):
+            name, knobs, metrics, default_metric = "power", ("system.gpu_power_limit",), {"q": "maximize"}, "q"
+
+            def data(self, ctx): ctx.apply_knobs()
+            def model(self, ctx): ctx.apply_knobs()
+            def system(self, ctx): ctx.apply_knobs()
+
+            def training(self, ctx):
+                ctx.apply_knobs()
+                record_power_limits(ctx)
+                during(ctx)
+
+            def inference(self, ctx):
+                ctx.apply_knobs()
+                ctx.quality = {"validation": {"q": 1.0}, "test": {"q": 1.0}}
+
+        return Power({})
+
+
+def _power_trial(value, monkeypatch, during=lambda ctx: None):
     from greenknobs.knobs import get_knob
+    from greenknobs.meters.cpu_model import CpuModelMeter
+    from greenknobs.pipeline import execute_trial
 
-    knob, ctx = get_knob("system.gpu_power_limit"), TrialContext(GPU, 0)
-    knob.check(value, GPU)
-    knob.apply(ctx, value)
-    ctx.observed.record("gpu_power_limits_in_training_w", gpu_power.read_limits_w())  # what the loop records
-    return knob, ctx
+    monkeypatch.setattr(Runtime, "synchronize", lambda self: None)  # no CUDA in this torch build
+    return execute_trial(PowerPipeline.make(during), [(get_knob("system.gpu_power_limit"), value)], CpuModelMeter(),
+                         GPU, seed=0)
 
 
-def test_power_limit_sets_reads_back_and_restores(fake_nvml):
+def test_power_limit_sets_reads_back_and_restores(fake_nvml, monkeypatch):
     nv = fake_nvml()
-    knob, ctx = _power_trial(0.5)
-    assert nv.limit_mw[0] == 150_000
-    ev = knob.verify(ctx, 0.5)
-    assert ev["limits_in_training_w"] == {0: 150.0}
-    assert nv.limit_mw[0] == 150_000  # verify only reads; release gives the limit back
-    knob.release(ctx, 0.5)
+    during = []
+    result, ctx = _power_trial(0.5, monkeypatch, during=lambda ctx: during.append(nv.limit_mw[0]))
+    assert during == [150_000]  # the cap was on while training ran
+    assert result.verifications["system.gpu_power_limit"]["limits_in_training_w"] == {0: 150.0}
     assert nv.limit_mw[0] == 300_000 and ctx.observed.get("gpu_power_restored_w") == {0: 300.0}
 
 
@@ -141,12 +165,10 @@ def test_power_limit_refuses_without_permission(fake_nvml):
     assert nv.limit_mw[0] == 300_000
 
 
-def test_power_limit_that_silently_did_not_apply_fails_verify(fake_nvml):
+def test_power_limit_that_silently_did_not_apply_fails_verify(fake_nvml, monkeypatch):
     nv = fake_nvml(honours_set=False)
-    knob, ctx = _power_trial(0.5)
     with pytest.raises(KnobError, match="300.0 W, target 150.0 W"):
-        knob.verify(ctx, 0.5)
-    knob.release(ctx, 0.5)
+        _power_trial(0.5, monkeypatch)
     assert nv.limit_mw[0] == 300_000
 
 

@@ -65,3 +65,68 @@ def test_cpu_model_parameters_are_overridable_and_shown():
     assert "watts_per_busy_core=10.0" in m.label()
     with pytest.raises(ValueError, match="unknown cpu-model parameter"):
         CpuModelMeter(watts_per_thread=3)
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def _spin_then_idle(seconds: float, idle_s: float) -> None:
+    _spin(seconds)
+    time.sleep(idle_s)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_cpu_model_counts_worker_processes_however_started(start_method):
+    """Workers that finish (and are reaped) inside the window, and a worker still alive at its end."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context(start_method)
+    meter = CpuModelMeter()
+    try:
+        with meter.window("w") as w:
+            done = ctx.Process(target=_spin, args=(0.6,))
+            done.start()
+            done.join()
+            alive = ctx.Process(target=_spin_then_idle, args=(0.4, 30.0))
+            alive.start()
+            time.sleep(0.05)
+            while alive.is_alive():  # wait until it has spun, then end the window while it still lives
+                try:
+                    import psutil
+
+                    t = psutil.Process(alive.pid).cpu_times()
+                    if t.user + t.system >= 0.35:  # 0.4 s of spinning, read in 10 ms ticks
+                        break
+                except psutil.Error:
+                    break
+                time.sleep(0.05)
+        cpu_s = w.measurement.components["cpu"]["cpu_s"]
+    finally:
+        alive.terminate()
+        alive.join()
+        meter.close()
+    # ~0.6 s in the reaped worker + ~0.4 s in the live one; the parent itself mostly waits
+    assert cpu_s >= 0.85, f"{start_method}: counted {cpu_s:.2f} CPU-s of ~1.0 in workers"
+
+
+def test_cpu_model_integrates_memory_over_the_window():
+    """A phase that holds 400 MB for most of its window and frees it before the end is charged
+    for what it held, not for the little that is resident when it ends."""
+    meter = CpuModelMeter(watts_per_busy_core=0.0)
+    try:
+        with meter.window("w") as w:
+            block = bytearray(400 * 1024 * 1024)
+            block[::4096] = b"x" * len(block[::4096])  # touch every page: really resident
+            time.sleep(1.2)
+            del block
+            time.sleep(0.05)
+        ram = w.measurement.components["ram"]
+    finally:
+        meter.close()
+    import psutil
+
+    resident_now = psutil.Process().memory_info().rss / 1e9
+    assert ram["rss_gb_mean"] > resident_now + 0.25, ram

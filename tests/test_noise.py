@@ -108,8 +108,8 @@ def test_quiet_repeats_do_not_warn(recwarn):
 
 
 def test_idle_power_and_net_energy():
-    idle_w = measure_idle_power(ClockMeter(watts=12.0), 0.1)
-    assert idle_w == pytest.approx(12.0)
+    idle = measure_idle_power(ClockMeter(watts=12.0), 0.1)
+    assert idle["watts"] == pytest.approx(12.0) and idle["meter"] == "clock" and idle["provenance"] == MODELLED
     assert measure_idle_power(ClockMeter(), 0) is None
     assert net_energy_j(100.0, 5.0, 12.0) == pytest.approx(40.0)
     assert net_energy_j(100.0, 5.0, None) is None
@@ -143,17 +143,18 @@ class CountingPipeline(Pipeline):
         ctx.model = ctx.model + 10  # rebinds; a repeat must start again from the trained model
         ctx.extras["runs"] = ctx.extras.get("runs", 0) + 1
         time.sleep(0.03)
-        ctx.quality = {"score": float(ctx.model)}
+        ctx.quality = {"validation": {"score": float(ctx.model)}, "test": {"score": float(ctx.model)}}
         ctx.samples["inference"] = 100
 
 
 def test_run_trial_repeats_inference_from_the_same_state_and_carries_carbon_and_net(cpu_runtime):
     meter = ClockMeter(watts=10.0, resolution_s=0.01)
     carbon = {"g_per_kwh": 360.0, "source": "test table", "pue": 1.5}
-    result = run_trial(CountingPipeline({}), [], meter, cpu_runtime, seed=1, repeats=3, idle_power_w=2.0,
+    result = run_trial(CountingPipeline({}), [], meter, cpu_runtime, seed=1, repeats=3,
+                       idle_power={"watts": 2.0, "meter": "clock", "provenance": MODELLED},
                        carbon_intensity=carbon)
     inf = result.phases["inference"]
-    assert result.quality["score"] == 11.0  # each run started from model=1, not from the last run's output
+    assert result.quality["validation"]["score"] == 11.0  # each run started from model=1, not from the last run's output
     assert inf.measurement.repeats == 3 and inf.details["measurement"]["repeats"] == 3
     assert sum(inf.details["measurement"]["runs_per_window"]) >= 3 * 4  # 30 ms runs in >= 100 ms windows
     assert result.phases["data"].details["measurement"]["below_resolution"] is True

@@ -209,7 +209,8 @@ def test_healing_reduces_the_kd_loss_of_a_pruned_lm(entropy_weighted, calib):
     prune(student, 2, "top")
     out = heal(student, teacher, calib, steps=12, task="causal_lm", lr=3e-3, entropy_weighted=entropy_weighted)
     assert out["kd_loss_after"] < out["kd_loss_before"]
-    assert out["entropy_weighted"] is entropy_weighted and out["steps"] == 12
+    assert out["entropy_weighted_seen"] is entropy_weighted and out["steps_taken"] == 12
+    assert out["lambda_seen"] == pytest.approx(0.5, abs=1e-5) and out["temperature_seen"] == pytest.approx(2.0, rel=1e-4)
 
 
 def test_healing_a_classifier_distils_hidden_states(calib):
@@ -223,7 +224,7 @@ def test_healing_a_classifier_distils_hidden_states(calib):
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
     out = heal(student, teacher, calib, steps=10, task="classification", lr=3e-3)
-    assert out["loss"] == "hidden-state MSE" and out["lambda"] is None
+    assert out["loss"] == "hidden-state MSE" and out["lambda_seen"] is None
     assert out["kd_loss_after"] < out["kd_loss_before"]
 
 

@@ -49,7 +49,7 @@ class TinyLMPipeline(Pipeline):
 
     def inference(self, ctx):
         ctx.apply_knobs()
-        ctx.quality = {"loss": 0.0}
+        ctx.quality = {"validation": {"loss": 0.0}, "test": {"loss": 0.0}}
 
 
 def _trial(values: dict, pipeline=None):
@@ -75,11 +75,11 @@ def test_settings_knobs_apply_before_layers_removed_and_verify():
     assert report["method"] == "block_influence" and report["iterative"] and len(report["rounds"]) == 2
     assert len(report["alphas"]) == 2 and report["calibration_samples"] == 12
     assert report["selection_energy"]["energy_j"] > 0 and report["selection_energy"]["meter"] == "cpu-model"
-    assert report["healing"]["steps"] == 3 and report["healing"]["energy"]["energy_j"] > 0
+    assert report["healing"]["steps_taken"] == 3 and report["healing"]["energy"]["energy_j"] > 0
     assert v["model.pruning_method"]["removed"] == report["removed"]
     assert v["model.pruning_compensation"]["alphas"] == report["alphas"]
     assert v["model.healing_steps"]["kd_loss_after"] is not None
-    assert v["model.healing_entropy_weight"]["entropy_weighted"] is True
+    assert v["model.healing_entropy_weight"]["entropy_weighted_seen"] is True
     assert result.phases["model"].details["pruning"]["method"] == "block_influence"
 
 

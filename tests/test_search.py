@@ -58,7 +58,7 @@ def test_search_baseline_front_and_mlflow(exp_path):
     assert {int(r.data.tags["trial"]) for r in runs} == {r.trial for r in published.rows}
     child = tracker.client.get_run(t0.user_attrs["mlflow_run_id"])
     assert child.data.params["model.layers_removed"] == "0"
-    assert {"energy_j.total", "energy_j.training", "time_s.inference", "quality.macro_f1",
+    assert {"energy_j.total", "energy_j.training", "time_s.inference", "quality.validation.macro_f1", "quality.test.macro_f1",
             "energy_saving_pct", "quality_retained_pct"} <= set(child.data.metrics)
     assert child.data.tags["provenance"] == "modelled" and child.data.tags["meter"] == "cpu-model"
 

@@ -39,15 +39,17 @@ class MaxSeqLen(SettingKnob):
     bounds = (8, None)
     example = 16
     description = "Truncate every input to this many tokens (attention cost grows with its square)."
-    verifies = "longest input the model was fed, in tokens"
-    evidence = ("longest_input_tokens",)
+    verifies = "longest input the model was fed, in tokens: never above the limit, and at it when inputs reach it"
+    evidence = ("longest_input_tokens", "truncated_train_inputs")
 
     def judge(self, value, seen, ctx):
         longest = seen["longest_input_tokens"]
-        return f"an input of {longest} tokens reached the model" if longest > value else None
+        if longest > value:
+            return f"an input of {longest} tokens reached the model"
+        if seen["truncated_train_inputs"] and longest < value:  # inputs were cut at the limit: some must reach it
+            return f"{seen['truncated_train_inputs']} inputs were cut at {value} tokens, yet the longest fed was {longest}"
+        return None
 
-    def report(self, value, seen, ctx):
-        return {**seen, "inputs_cut_at_limit": ctx.observed.get("truncated_train_inputs")}
 
 
 @register

@@ -9,7 +9,7 @@ from greenknobs.knobs.base import Knob, SettingKnob, Space, register
 from greenknobs.knobs.system import CompileSetting
 from greenknobs.knobs.training import FP16_NEEDS_CUDA
 from greenknobs.ml.precision import DTYPES, cast_model
-from greenknobs.ml.quantize import quantize_dynamic_int8
+from greenknobs.ml.quantize import count_linears, quantize_dynamic_int8
 
 
 @register
@@ -21,11 +21,11 @@ class InferenceBatchSize(SettingKnob):
     example = 8
     description = "Examples per inference forward pass."
     verifies = "largest inference batch the loop built"
-    evidence = ("inference_batch_size_max",)
+    evidence = ("inference_batch_size_max", "inference_largest_split")
 
     def judge(self, value, seen, ctx):
-        n = ctx.samples.get("inference", value)
-        return None if seen["inference_batch_size_max"] == min(value, n) else f"largest batch was {seen['inference_batch_size_max']}"
+        largest = seen["inference_batch_size_max"]
+        return None if largest == min(value, seen["inference_largest_split"]) else f"largest batch was {largest}"
 
 
 @register
@@ -39,17 +39,19 @@ class Quantization(Knob):
     verifies = "number of quantised Linear modules in the model that served inference"
 
     def apply(self, ctx, value: str) -> None:
+        ctx.observed.record("inference_linears_before_quantization", count_linears(ctx.model))
         if value == "dynamic_int8":
             ctx.model = quantize_dynamic_int8(ctx.model)
         ctx.settings[self.name] = value
 
     def verify(self, ctx, value: str) -> dict[str, Any]:
-        quantized = ctx.observed.require("inference_quantized_linears", self.name)
+        quantized = ctx.observed.require("inference_quantized_linears", self.name)  # counted in the model that served
+        linears = ctx.observed.require("inference_linears_before_quantization", self.name)
         if value == "none":
-            self.expect(quantized == 0, f"{quantized} quantised modules without quantisation")
+            self.expect(quantized == 0, f"{quantized} quantised Linear modules without quantisation")
         else:
-            self.expect(quantized > 0, "no Linear module was quantised")
-        return {"quantized_linears": quantized}
+            self.expect(quantized == linears and quantized > 0, f"{quantized} of {linears} Linear modules quantised")
+        return {"quantized_linears": quantized, "linear_modules": linears}
 
 
 @register
@@ -129,7 +131,8 @@ class EarlyExit(SettingKnob):
     example_with = {"training.exit_head_depth": 0.5}
     description = ("Confidence-based early exit: answer from the exit head (training.exit_head_depth) when its top "
                    "probability >= this threshold; the later blocks then do not run. Needs the exit head.")
-    verifies = "rows answered at the exit vs by the full model (exit rate), and the block the exit sits after"
+    verifies = ("rows answered at the exit vs by the full model (exit rate); every exited row's exit-head confidence "
+                "is at or above the threshold and every other row's below it")
     evidence = ("early_exit",)
 
     def validate_value(self, value, key: str) -> None:
@@ -143,8 +146,14 @@ class EarlyExit(SettingKnob):
         ev = seen["early_exit"]
         if value == "off":
             return "the truncated model ran with early exit off" if ev["truncated_passes"] else None
-        ok = ev["truncated_passes"] > 0 and ev["exited"] + ev["full"] == ev["rows"]
-        return None if ok else f"exit accounting does not add up: {ev}"
+        if not (ev["truncated_passes"] > 0 and ev["exited"] + ev["full"] == ev["rows"]):
+            return f"exit accounting does not add up: {ev}"
+        low, high = ev["min_confidence_exited"], ev["max_confidence_full"]
+        if low is not None and low < value:
+            return f"a row exited at confidence {low:.4f}, below the threshold {value}"
+        if high is not None and high >= value:
+            return f"a row at confidence {high:.4f} ran the full model although the threshold is {value}"
+        return None
 
     def report(self, value, seen, ctx):
         return seen["early_exit"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from greenknobs.errors import ConfigError
 from greenknobs.knobs.base import SettingKnob, Space, register
+from greenknobs.ml.lora import select_targets
 
 
 @register
@@ -80,7 +81,7 @@ class LoraTargets(SettingKnob):
     def judge(self, value, seen, ctx):
         if not ctx.settings.get("model.lora_rank", 0):
             return None
-        want = sorted(ctx.observed.require("lora_targets_resolved", self.name))
+        want = sorted(select_targets(ctx.observed.require("lora_candidate_linears", self.name), value))
         got = sorted(seen["lora"]["lora_module_names"])
         return None if got == want and want else f"adapters on {got}, expected {want}"
 

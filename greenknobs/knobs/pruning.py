@@ -12,7 +12,7 @@ from typing import Any
 
 from greenknobs.errors import KnobError
 from greenknobs.knobs.base import REGISTRY, SettingKnob, Space, register
-from greenknobs.ml.pruning.methods import METHODS
+from greenknobs.ml.pruning.methods import METHODS, choice_problem
 from greenknobs.ml.pruning.trial import PruneOptions
 
 # knob name -> PruneOptions field
@@ -34,10 +34,14 @@ class PruningSetting(SettingKnob):
     order = -10
     example_with = {"model.layers_removed": 1}
 
+    def pruning_report(self, ctx) -> dict[str, Any] | None:
+        """The pruning run's report; None when it removed nothing. Fails when pruning never ran."""
+        if "layers_before" not in ctx.observed.values:  # model.layers_removed never ran
+            raise KnobError(f"{self.name} did not take effect: model.layers_removed is not part of this trial")
+        return ctx.observed.get("pruning_report")
+
     def verify(self, ctx, value: Any) -> dict[str, Any]:
-        if ctx.observed.get("layers_before") is None:
-            raise KnobError(f"{self.name} did not take effect: model.layers_removed is not part of this experiment")
-        report = ctx.observed.get("pruning_report")
+        report = self.pruning_report(ctx)
         if report is None:  # model.layers_removed = 0: a vacuous but valid combination
             return {"in_effect": False, "reason": "model.layers_removed = 0"}
         problem = self.judge(value, report, ctx)
@@ -54,15 +58,20 @@ class PruningMethod(PruningSetting):
     example = "block_influence"
     description = ("Which blocks model.layers_removed removes: top/bottom-N, block influence (ShortGPT), angular "
                    "distance (Gromov), SLEB-style loss, task metric (Moslem), Gumbel-TopK mask (E3-Pruner), CoMe merge.")
-    verifies = "method recorded by the pruning run, removed indices and per-layer scores"
+    verifies = ("every round's removals re-derived from the per-layer scores that round computed, under the "
+                "method's rule (lowest block influence, last k, ...)")
 
     def judge(self, value, report, ctx):
-        if report["method"] != value:
-            return f"pruning ran with {report['method']!r}"
-        return "removed a different number of layers" if len(report["removed"]) != report["n_remove"] else None
+        if len(report["removed"]) != report["n_remove"]:
+            return "removed a different number of layers"
+        for i, rnd in enumerate(report["rounds"]):
+            problem = choice_problem(value, rnd)
+            if problem:
+                return f"round {i + 1}: {problem}"
+        return None
 
     def report(self, value, report, ctx):
-        return {"seen": report["method"], "removed": report["removed"], "merged": report["merged"],
+        return {"rules": [r.get("rule") for r in report["rounds"]], "removed": report["removed"], "merged": report["merged"],
                 "score": report["score_name"], "scores": [r["scores"] for r in report["rounds"]],
                 "calibration_samples": report["calibration_samples"], "calibration_tokens": report["calibration_tokens"],
                 "selection_energy": report["selection_energy"]}
@@ -80,12 +89,10 @@ class PruningIterative(PruningSetting):
 
     def judge(self, value, report, ctx):
         rounds = len(report["rounds"])
-        if report["iterative"] != value:
-            return f"pruning ran with iterative={report['iterative']!r}"
-        return None if rounds == (report["n_remove"] if value else 1) else f"{rounds} scoring rounds"
+        return None if rounds == (report["n_remove"] if value else 1) else f"{rounds} scoring rounds for {report['n_remove']} blocks"
 
     def report(self, value, report, ctx):
-        return {"seen": report["iterative"], "rounds": len(report["rounds"])}
+        return {"rounds": len(report["rounds"])}
 
 
 @register
@@ -99,12 +106,10 @@ class PruningCompensation(PruningSetting):
     verifies = "alpha values fused (one per removed gap)"
 
     def judge(self, value, report, ctx):
-        if report["compensation"] != value:
-            return f"pruning ran with compensation={report['compensation']!r}"
-        return None if bool(report["alphas"]) == value else f"alphas {report['alphas']}"
+        return None if bool(report["alphas"]) == value else f"alphas fused: {report['alphas']}"
 
     def report(self, value, report, ctx):
-        return {"seen": report["compensation"], "alphas": report["alphas"]}
+        return {"alphas": report["alphas"]}
 
 
 @register
@@ -119,7 +124,7 @@ class CalibrationSamples(PruningSetting):
     verifies = "calibration sequences and tokens the pruning run used"
 
     def verify(self, ctx, value):
-        report = ctx.observed.get("pruning_report")
+        report = self.pruning_report(ctx)
         if report is not None and not report["calibration_samples"]:
             return {"in_effect": False, "reason": "a method without calibration (top/bottom)"}
         return super().verify(ctx, value)
@@ -140,26 +145,26 @@ class HealingSteps(PruningSetting):
     bounds = (0, None)
     example = 2
     description = "Knowledge-distillation fine-tune of the pruned model from the unpruned one, in steps (0 = off)."
-    verifies = "KD steps taken and KD loss before/after on calibration data"
+    verifies = "optimizer steps the healing loop took (counted as they ran) and KD loss before/after on calibration data"
 
     def judge(self, value, report, ctx):
         healing = report["healing"]
         if value == 0:
             return "healing ran although steps = 0" if healing is not None else None
-        return None if healing is not None and healing["steps"] == value else f"healing record {healing}"
+        return None if healing is not None and healing["steps_taken"] == value else f"healing record {healing}"
 
     def report(self, value, report, ctx):
         return dict(report["healing"] or {})
 
 
 class HealingParam(PruningSetting):
-    """A setting of the healing loss, read back from what the healing run computed with."""
+    """A setting of the healing loss, read back from what the healing loss computed with."""
 
     field: str
     example_with = {"model.layers_removed": 1, "model.healing_steps": 2}
 
     def verify(self, ctx, value):
-        report = ctx.observed.get("pruning_report")
+        report = self.pruning_report(ctx)
         healing = report and report["healing"]
         if not healing or healing[self.field] is None:
             return {"in_effect": False, "reason": "no healing, or a classifier (hidden-state distillation)"}
@@ -167,7 +172,8 @@ class HealingParam(PruningSetting):
 
     def judge(self, value, report, ctx):
         seen = report["healing"][self.field]
-        return None if seen == value else f"healing ran with {seen!r}"
+        ok = seen == value if isinstance(value, bool) else abs(seen - value) <= 1e-4 * max(1.0, abs(value))
+        return None if ok else f"the healing loss computed with {seen!r}"
 
     def report(self, value, report, ctx):
         return {self.field: report["healing"][self.field]}
@@ -176,33 +182,33 @@ class HealingParam(PruningSetting):
 @register
 class HealingLambda(HealingParam):
     name = "model.healing_lambda"
-    field = "lambda"
+    field = "lambda_seen"
     default = 0.5
     space = Space(low=0.0, high=1.0)
     bounds = (0.0, 1.0)
     example = 0.25
     description = "Weight of the KD term in healing: (1 - lambda) * CE + lambda * T^2 * KL."
-    verifies = "lambda recorded by the healing run"
+    verifies = "the mean per-token KD weight before clamping, computed inside the healing loss"
 
 
 @register
 class HealingTemperature(HealingParam):
     name = "model.healing_temperature"
-    field = "temperature"
+    field = "temperature_seen"
     default = 2.0
     space = Space(low=1.0, high=8.0)
     bounds = (1e-6, None)
     example = 4.0
     description = "Softmax temperature of the healing distillation."
-    verifies = "temperature recorded by the healing run"
+    verifies = "teacher logits' spread / softened spread inside the healing loss"
 
 
 @register
 class HealingEntropyWeight(HealingParam):
     name = "model.healing_entropy_weight"
-    field = "entropy_weighted"
+    field = "entropy_weighted_seen"
     default = False
     space = Space(choices=(False, True))
     example = True
     description = "E3-Pruner-style per-token KD weight lambda_t = clamp(lambda * H_t / mean H, 0, 1) from teacher entropy."
-    verifies = "entropy weighting recorded by the healing run"
+    verifies = "whether the per-token KD weights varied across tokens inside the healing loss"

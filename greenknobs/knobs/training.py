@@ -38,11 +38,16 @@ class LearningRate(SettingKnob):
     bounds = (1e-12, 0.999999)
     example = 3e-4
     description = "Peak AdamW learning rate (fewer, cheaper steps need larger ones)."
-    verifies = "learning rate read back from the optimizer's parameter groups"
-    evidence = ("optimizer_lr",)
+    verifies = "the rate the optimizer stepped with on its first step (a step pre-hook), and that it stepped"
+    evidence = ("optimizer_lr", "optimizer_steps_taken")
 
     def judge(self, value, seen, ctx):
-        return None if math.isclose(seen["optimizer_lr"], value, rel_tol=1e-9) else f"optimizer ran at {seen['optimizer_lr']}"
+        if not seen["optimizer_steps_taken"]:
+            return "the optimizer never stepped"
+        return None if math.isclose(seen["optimizer_lr"], value, rel_tol=1e-9) else f"optimizer stepped at {seen['optimizer_lr']}"
+
+    def report(self, value, seen, ctx):
+        return {**seen, "optimizer_lr_last": ctx.observed.get("optimizer_lr_last")}
 
 
 @register
@@ -111,7 +116,7 @@ class Optimizer(SettingKnob):
     example = "sgd"
     description = ("adamw (torch), adafactor (factored second moments: less optimizer memory), sgd (momentum 0.9), "
                    "adamw_8bit (bitsandbytes, CUDA only).")
-    verifies = "class of the optimizer that stepped"
+    verifies = "class of the optimizer that stepped, read when it stepped"
     evidence = ("optimizer_class",)
 
     def check(self, value: str, runtime) -> None:
@@ -186,7 +191,8 @@ class DistillationLambda(SettingKnob):
     example = 0.5
     description = ("Knowledge distillation from the unpruned model: loss = (1-λ)·CE + λ·T²·KL(teacher_T ‖ student_T). "
                    "The teacher's forward passes run inside the training window, so their energy is counted.")
-    verifies = "teacher forward passes (one per micro-batch), teacher size, mean distillation loss"
+    verifies = ("teacher forward passes (one per micro-batch), teacher size, mean distillation loss, and the "
+                "weight the combined loss implies: (total - CE) / (KD - CE)")
     evidence = ("distillation", "micro_batches")
 
     def judge(self, value, seen, ctx):
@@ -195,7 +201,10 @@ class DistillationLambda(SettingKnob):
             return "a teacher ran without distillation" if ev["teacher_forwards"] else None
         if ev["teacher_forwards"] != seen["micro_batches"]:
             return f"{ev['teacher_forwards']} teacher passes for {seen['micro_batches']} micro-batches"
-        return "distillation loss was zero" if ev["kd_loss_mean"] <= 0 else None
+        if ev["kd_loss_mean"] <= 0:
+            return "distillation loss was zero"
+        lam = ev["lambda_seen"]
+        return None if lam is not None and abs(lam - value) <= 1e-3 else f"the losses were mixed with weight {lam}"
 
     def report(self, value, seen, ctx):
         return seen["distillation"]
@@ -210,15 +219,18 @@ class DistillationTemperature(SettingKnob):
     example = 4.0
     example_with = {"training.kd_lambda": 0.5}
     description = "Softmax temperature of distillation (needs training.kd_lambda > 0)."
-    verifies = "temperature the distillation loss was computed with"
+    verifies = "temperature the softened logits were divided by (teacher logits' spread / softened spread)"
     evidence = ("distillation",)
 
     def judge(self, value, seen, ctx):
         ev = seen["distillation"]
-        return f"distilled at T={ev['temperature']}" if ev["teacher_forwards"] and ev["temperature"] != value else None
+        if not ev["teacher_forwards"]:
+            return None  # no distillation ran: nothing to be softened (the search canonicalises this away)
+        t = ev["temperature_seen"]
+        return None if t is not None and abs(t - value) <= 1e-3 * value else f"distilled at T={t}"
 
     def report(self, value, seen, ctx):
-        return {"temperature": seen["distillation"]["temperature"]}
+        return {"temperature_seen": seen["distillation"]["temperature_seen"]}
 
 
 @register
@@ -230,14 +242,18 @@ class ExitHeadDepth(SettingKnob):
     example = 0.5
     description = ("Train an early-exit classifier after this fraction of the blocks, jointly with the model "
                    "(0 = none). inference.early_exit uses it.")
-    verifies = "exit head trained: its block index, its mean loss, its weights moved"
+    verifies = ("the block whose output the exit head read in the first training forward pass (matched by "
+                "value), its mean loss, its weights moved")
     evidence = ("exit_head",)
 
     def judge(self, value, seen, ctx):
         ev = seen["exit_head"]
         if value == 0:
-            return "an exit head was trained" if ev["block"] else None
-        return None if ev["block"] > 0 and ev["steps"] > 0 and ev["weights_moved"] else f"exit head not trained: {ev}"
+            return "an exit head was trained" if ev["block"] or ev["steps"] else None
+        want = max(1, round(value * ev["layers"]))
+        if ev["exit_after_blocks"] != want:
+            return f"the exit head read the output of block {ev['exit_after_blocks']}, expected {want} of {ev['layers']}"
+        return None if ev["steps"] > 0 and ev["weights_moved"] else f"exit head not trained: {ev}"
 
     def report(self, value, seen, ctx):
         return seen["exit_head"]

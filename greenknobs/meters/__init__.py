@@ -2,7 +2,7 @@
 automatic selection (select), carbon intensity (carbon) and noise handling (noise)."""
 
 from greenknobs.meters.base import EnergyMeter
-from greenknobs.meters.select import METERS, auto_choice, create_meter, meter_table
+from greenknobs.meters.select import METERS, auto_choice, create_meter, meter_table, resolve
 from greenknobs.phases import Availability
 
-__all__ = ["EnergyMeter", "Availability", "METERS", "auto_choice", "create_meter", "meter_table"]
+__all__ = ["EnergyMeter", "Availability", "METERS", "auto_choice", "create_meter", "meter_table", "resolve"]

@@ -104,8 +104,9 @@ def measure_phase(meter: EnergyMeter, key: str, run: Callable[[], None], *, repe
     return m, details
 
 
-def measure_idle_power(meter: EnergyMeter, seconds: float) -> float | None:
-    """Average power (W) the meter reports while this process sleeps; None if ``seconds`` <= 0.
+def measure_idle_power(meter: EnergyMeter, seconds: float) -> dict[str, Any] | None:
+    """Average power the meter reports while this process sleeps, with the meter and provenance
+    behind it: {"watts", "seconds", "meter", "provenance", "meter_params"}; None if ``seconds`` <= 0.
 
     Measured once before a study; subtract it with ``net_energy_j``. With cpu-model and
     ``base_watts: 0`` this is ~0 W by construction (the model attributes no idle power).
@@ -115,7 +116,10 @@ def measure_idle_power(meter: EnergyMeter, seconds: float) -> float | None:
     with meter.window("idle-baseline") as w:
         time.sleep(seconds)
     m = w.measurement
-    return m.energy_j / m.time_s if m.time_s > 0 else None
+    if m.time_s <= 0:
+        return None
+    return {"watts": m.energy_j / m.time_s, "seconds": m.time_s, "meter": m.meter, "provenance": m.provenance,
+            "meter_params": m.meter_params}
 
 
 def net_energy_j(gross_j: float, time_s: float, idle_w: float | None) -> float | None:

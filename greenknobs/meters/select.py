@@ -36,6 +36,14 @@ def auto_choice() -> tuple[str, str]:
     return "cpu-model", f"nothing to measure with: {gpu.reason}; {rapl.reason}"
 
 
+def resolve(name: str) -> dict[str, str]:
+    """The meter a configured name stands for here: {"requested", "name", "why"} (``auto`` resolved)."""
+    if name == "auto":
+        chosen, why = auto_choice()
+        return {"requested": "auto", "name": chosen, "why": why}
+    return {"requested": name, "name": name, "why": "named in the experiment file"}
+
+
 def _build(name: str, params: dict[str, Any]) -> EnergyMeter:
     if name == "composite":
         params = dict(params)

@@ -30,12 +30,17 @@ BACKENDS: dict[str, Callable] = {"inductor": _inductor, "aot_eager": _aot_eager}
 
 
 def compile_model(model: torch.nn.Module, backend: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Return (compiled wrapper sharing ``model``'s parameters, live stats {graphs, calls, backend})."""
-    stats: dict[str, Any] = {"graphs": 0, "calls": 0, "backend": backend}
+    """Return (compiled wrapper sharing ``model``'s parameters, live stats {graphs, calls, compiler}).
+
+    ``compiler`` is written by the counting backend when it compiles a graph: the name of the
+    compiler function that actually ran, not the setting that asked for it.
+    """
+    stats: dict[str, Any] = {"graphs": 0, "calls": 0, "compiler": None}
     compiler = BACKENDS[backend]
 
     def counting(gm, example_inputs):
         stats["graphs"] += 1
+        stats["compiler"] = compiler.__name__
         compiled = compiler(gm, example_inputs)
 
         def run(*args):
@@ -48,8 +53,17 @@ def compile_model(model: torch.nn.Module, backend: str) -> tuple[torch.nn.Module
     return torch.compile(model, backend=counting, dynamic=True), stats
 
 
+def compiler_name(value: str) -> str | None:
+    """The compiler function a knob value selects (what the evidence must name)."""
+    return BACKENDS[value].__name__ if value in BACKENDS else None
+
+
 def judge_compiled(stats: dict, value: str) -> str | None:
-    """Evidence for the compile knobs: no compiled calls when off; graphs compiled and run when on."""
+    """Evidence for the compile knobs: no compiled calls when off; graphs compiled by the chosen
+    compiler, and calls into them, when on."""
     if value == "off":
-        return "compiled code ran with compile off" if stats["calls"] else None
-    return None if stats["graphs"] > 0 and stats["calls"] > 0 else f"compiled code never ran: {stats}"
+        return "compiled code ran with compile off" if stats["calls"] or stats["graphs"] else None
+    if not (stats["graphs"] > 0 and stats["calls"] > 0):
+        return f"compiled code never ran: {stats}"
+    want = compiler_name(value)
+    return None if stats["compiler"] == want else f"graphs were compiled by {stats['compiler']}, expected {want}"

@@ -49,3 +49,11 @@ def select_training_examples(ctx) -> None:
     then subsample what is left. Pipelines call this right after ``ctx.apply_knobs()``."""
     deduplicate_training(ctx)
     subsample_training(ctx)
+
+
+def drop_duplicate_texts(examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Keep the first of every group of texts that are equal after lower-casing and collapsing
+    whitespace. Run on the whole corpus *before* splitting, so no text is in two splits (a test
+    article that is also a training article would flatter the held-out score)."""
+    drop = set(dedup.duplicates([e["text"] for e in examples], "exact"))
+    return [e for i, e in enumerate(examples) if i not in drop], len(drop)

@@ -51,3 +51,32 @@ def truncated(model: nn.Module, k: int) -> Iterator[nn.Module]:
         setattr(parent, attr, stack)
         for key, v in saved.items():
             setattr(config, key, v)
+
+
+@contextlib.contextmanager
+def block_outputs(model: nn.Module) -> Iterator[list[torch.Tensor | None]]:
+    """The first token's output of every block during the forward passes inside the block."""
+    _, _, stack = layers.find_layer_stack(model)
+    outputs: list[torch.Tensor | None] = [None] * len(stack)
+
+    def hook(i: int):
+        def record(_module, _args, out):
+            hidden = out if isinstance(out, torch.Tensor) else out[0]
+            outputs[i] = hidden[:, 0].detach()
+        return record
+
+    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(stack)]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def blocks_before(outputs: list[torch.Tensor | None], exit_input: torch.Tensor) -> int:
+    """How many blocks ran before the state an exit head read: the block whose output it is
+    (0 when it matches none). Evidence from the forward pass itself, not from the setting."""
+    for i, out in enumerate(outputs):
+        if out is not None and out.shape == exit_input.shape and torch.equal(out, exit_input.detach()):
+            return i + 1
+    return 0

@@ -48,7 +48,8 @@ def load_tokenizer(model_dir: Path):
 
 def load_sequence_classifier(model_dir: Path, num_labels: int, id2label: dict[int, str] | None = None):
     t = _transformers()
-    kwargs: dict[str, Any] = {"num_labels": num_labels}
+    # a head trained for another label set is replaced by a fresh one (as for a base encoder)
+    kwargs: dict[str, Any] = {"num_labels": num_labels, "ignore_mismatched_sizes": True}
     if id2label:
         kwargs["id2label"] = id2label
         kwargs["label2id"] = {v: k for k, v in id2label.items()}

@@ -36,6 +36,16 @@ def block_linears(model: nn.Module) -> list[str]:
 def resolve_targets(model: nn.Module, targets: str) -> list[str]:
     """Module names for a preset, or for comma-separated name suffixes (e.g. ``query,value``)."""
     names = block_linears(model)
+    chosen = select_targets(names, targets)
+    if not chosen:
+        leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise KnobError(f"LoRA targets {targets!r} match no Linear module in {type(model).__name__} "
+                        f"(its block Linears end in: {', '.join(leaf)})")
+    return chosen
+
+
+def select_targets(names: list[str], targets: str) -> list[str]:
+    """The block Linear ``names`` a target spec selects (pure: verification re-runs it)."""
     if targets == "attention":
         chosen = [n for n in names if _is_attention(n)]
     elif targets == "attention_mlp":
@@ -45,10 +55,6 @@ def resolve_targets(model: nn.Module, targets: str) -> list[str]:
     else:
         suffixes = [s.strip() for s in targets.split(",") if s.strip()]
         chosen = [n for n in names if any(n == s or n.endswith("." + s) for s in suffixes)]
-    if not chosen:
-        leaf = sorted({n.rsplit(".", 1)[-1] for n in names})
-        raise KnobError(f"LoRA targets {targets!r} match no Linear module in {type(model).__name__} "
-                        f"(its block Linears end in: {', '.join(leaf)})")
     return chosen
 
 

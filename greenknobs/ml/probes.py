@@ -63,8 +63,14 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def floating_dtype(model: nn.Module) -> str:
-    """dtype of the model's first floating-point parameter (the weights' storage type)."""
+    """The storage dtype of *every* floating-point parameter: one dtype, or ``mixed(...)`` with counts
+    when they differ (a cast that missed some weights shows up here)."""
+    counts: dict[str, int] = {}
     for p in model.parameters():
         if p.is_floating_point():
-            return str(p.dtype)
-    return "none"
+            counts[str(p.dtype)] = counts.get(str(p.dtype), 0) + 1
+    if not counts:
+        return "none"
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed(" + ", ".join(f"{d}x{n}" for d, n in sorted(counts.items())) + ")"

@@ -14,4 +14,12 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def count_quantized_linears(model: nn.Module) -> int:
-    return sum(1 for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized"))
+    """Linear layers that run int8 kernels. Only the quantised Linear modules count, not the
+    packed-parameter holders each of them contains (counting every torch.ao module doubles it)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    return sum(1 for m in model.modules() if isinstance(m, DynamicQuantizedLinear))
+
+
+def count_linears(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if isinstance(m, nn.Linear))

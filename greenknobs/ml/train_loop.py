@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from greenknobs.errors import KnobError
-from greenknobs.ml import bnb, layers, lora, probes
+from greenknobs.ml import bnb, distill, layers, lora, probes
 from greenknobs.ml.compile import compile_model
 from greenknobs.ml.precision import autocast
 
@@ -30,7 +30,8 @@ class Task(Protocol):
     def batch_plan(self, ctx, batch_size: int, rng: random.Random) -> list[list[int]]: ...
     def forward(self, ctx, model: nn.Module, batch: dict[str, Any], teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
     def observe(self, ctx, batch: dict[str, Any]) -> None: ...  # record task evidence (lengths, padding)
-    def kd_loss(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, Any], t: float) -> torch.Tensor: ...
+    def kd_loss(self, student: torch.Tensor, teacher: torch.Tensor, batch: dict[str, Any], t: float,
+                facts: dict[str, Any]) -> torch.Tensor: ...  # greenknobs.ml.distill: records what it computed with
     def validate(self, ctx, model: nn.Module) -> float: ...  # higher is better
     def extra_trainable(self, ctx) -> list[nn.Module]: ...
 
@@ -49,7 +50,8 @@ def prepare_model(ctx, trainable_heads: list[str]) -> None:
     rank = ctx.setting("model.lora_rank")
     if rank:
         targets = ctx.setting("model.lora_targets")
-        ctx.observed.record("lora_targets_resolved", lora.resolve_targets(ctx.model, targets))
+        # the model's structure, not the setting: verify re-selects the targets from these names
+        ctx.observed.record("lora_candidate_linears", lora.block_linears(ctx.model))
         ctx.model = lora.add_lora(ctx.model, rank, ctx.setting("model.lora_alpha"), targets, trainable_heads)
 
 
@@ -80,6 +82,33 @@ def freeze_bottom(model: nn.Module, k: int) -> list[nn.Module]:
     return frozen
 
 
+class StepRecorder:
+    """Reads what the optimizer stepped with, at the moment it steps (a step pre-hook)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.steps = 0
+        self.lr_first: float | None = None
+        self.lr_last: float | None = None
+        self.cls: str | None = None
+        self._handle = optimizer.register_step_pre_hook(self._on_step)
+
+    def _on_step(self, opt, args, kwargs) -> None:
+        lr = float(opt.param_groups[0]["lr"])
+        self.lr_first = lr if self.lr_first is None else self.lr_first
+        self.lr_last, self.cls, self.steps = lr, type(opt).__name__, self.steps + 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def record_power_limits(ctx) -> None:
+    """The GPU power limits in force while training runs (read from NVML, not from the setting)."""
+    if ctx.setting("system.gpu_power_limit") != 1.0:
+        from greenknobs.devices import power
+
+        ctx.observed.record("gpu_power_limits_in_training_w", power.read_limits_w())
+
+
 def train(ctx, task: Task) -> None:
     model, device = ctx.model, ctx.runtime.device
     epochs, batch_size = ctx.setting("training.epochs"), ctx.setting("system.train_batch_size")
@@ -95,27 +124,21 @@ def train(ctx, task: Task) -> None:
     extra = task.extra_trainable(ctx)
     params = [p for p in model.parameters() if p.requires_grad] + [p for m in extra for p in m.parameters()]
     optimizer = make_optimizer(ctx.setting("training.optimizer"), params, ctx.setting("training.learning_rate"))
-    record("optimizer_class", type(optimizer).__name__)
-    record("optimizer_lr", optimizer.param_groups[0]["lr"])
+    stepped = StepRecorder(optimizer)
     record("trainable_parameters", sum(p.numel() for p in params))
     record("total_parameters", sum(p.numel() for p in model.parameters()) + sum(p.numel() for m in extra for p in m.parameters()))
-    record("threads_in_training", torch.get_num_threads())
-    record("interop_threads_in_training", torch.get_num_interop_threads())
     record("train_weight_dtype", probes.floating_dtype(model))
-    if ctx.setting("system.gpu_power_limit") != 1.0:
-        from greenknobs.devices import power
-
-        record("gpu_power_limits_in_training_w", power.read_limits_w())
+    record_power_limits(ctx)
 
     teacher = None
     if kd_lambda > 0:  # loaded inside the training window: its cost is training energy
         teacher = ctx.teacher_loader().to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    kd = {"teacher_forwards": 0, "kd_loss_sum": 0.0, "temperature": kd_t,
-          "teacher_parameters": sum(p.numel() for p in teacher.parameters()) if teacher else 0}
+    kd: dict[str, Any] = {"teacher_forwards": 0, "kd_loss_sum": 0.0, "temperatures_seen": [], "lambdas_seen": [],
+                          "teacher_parameters": sum(p.numel() for p in teacher.parameters()) if teacher else 0}
 
-    forward_model, compile_stats = model, {"graphs": 0, "calls": 0, "backend": None}
+    forward_model, compile_stats = model, {"graphs": 0, "calls": 0, "compiler": None}
     if ctx.setting("system.compile") != "off":
         forward_model, compile_stats = compile_model(model, ctx.setting("system.compile"))
 
@@ -146,15 +169,21 @@ def train(ctx, task: Task) -> None:
                 if first:
                     sdpa = probes_on.enter_context(probes.count_sdpa_calls())
                     top = probes_on.enter_context(count_top_block(model))
+                    record("threads_in_training", torch.get_num_threads())  # as the first forward runs
+                    record("interop_threads_in_training", torch.get_num_interop_threads())
                 with autocast(device, precision):
                     loss, logits = task.forward(ctx, model if first else forward_model, batch)
                     if teacher is not None:
                         with torch.no_grad():
                             _, t_logits = task.forward(ctx, teacher, batch, teacher=True)
-                        distil = task.kd_loss(logits, t_logits, batch, kd_t)
+                        facts: dict[str, Any] = {}
+                        distil = task.kd_loss(logits, t_logits, batch, kd_t, facts)
+                        loss = distill.mix(loss, distil, kd_lambda, facts)
                         kd["teacher_forwards"] += 1
                         kd["kd_loss_sum"] += float(distil.detach())
-                        loss = (1 - kd_lambda) * loss + kd_lambda * distil
+                        kd["temperatures_seen"].append(facts["temperature_seen"])
+                        if "lambda_seen" in facts:
+                            kd["lambdas_seen"].append(facts["lambda_seen"])
                 if first:
                     record("train_logits_dtype", str(logits.dtype))
                 (scaler.scale(loss / accumulate) if scaler else loss / accumulate).backward()
@@ -187,23 +216,30 @@ def train(ctx, task: Task) -> None:
             record("train_examples_per_epoch", seen if not stopped else sum(len(b) for b in plans[0]))
         if stopped:
             break
+    stepped.close()
     if best_state is not None and history[-1] < max(history):
         _restore(model, extra, best_state)  # early stopping keeps the best weights it saw
     if ctx.setting("training.gradient_checkpointing"):
         model.gradient_checkpointing_disable()
 
+    record("optimizer_class", stepped.cls)  # the optimizer that actually stepped
+    record("optimizer_lr", stepped.lr_first)  # the peak rate it stepped with (the schedule decays from it)
+    record("optimizer_lr_last", stepped.lr_last)
     record("trained_weight_dtype", probes.floating_dtype(model))
     record("micro_batches", micro)
     record("micro_batches_per_epoch", micro_per_epoch)
     record("optimizer_steps", steps)
+    record("optimizer_steps_taken", stepped.steps)
     record("validation_history", history)
     record("early_stopped", stopped)
     record("batch_workers_seen", sorted(workers_seen))
-    record("train_compile", {k: compile_stats[k] for k in ("graphs", "calls", "backend")})
+    record("train_compile", dict(compile_stats))
     record("freeze", {"frozen_blocks": max(0, len(frozen) - 1),
                       "unchanged": [probes.checksum(m) for m in frozen] == frozen_before})
-    kd["kd_loss_mean"] = kd["kd_loss_sum"] / max(kd["teacher_forwards"], 1)
-    del kd["kd_loss_sum"]
+    kd["kd_loss_mean"] = kd.pop("kd_loss_sum") / max(kd["teacher_forwards"], 1)
+    temps, lams = kd.pop("temperatures_seen"), kd.pop("lambdas_seen")
+    kd["temperature_seen"] = round(sum(temps) / len(temps), 4) if temps else None
+    kd["lambda_seen"] = round(sum(lams) / len(lams), 4) if lams else None
     record("distillation", kd)
     record("lora", lora.lora_evidence(model))
     ctx.trained_model = model
@@ -237,4 +273,4 @@ def inference_model(ctx, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     """The model to serve inference with: compiled when ``inference.compile`` asks for it."""
     if ctx.setting("inference.compile") != "off":
         return compile_model(model, ctx.setting("inference.compile"))
-    return model, {"graphs": 0, "calls": 0, "backend": None}
+    return model, {"graphs": 0, "calls": 0, "compiler": None}

@@ -5,6 +5,7 @@ The front itself comes from Optuna (``search.study.front_trials``); this module 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +13,31 @@ import pandas as pd
 
 from greenknobs.records import TrialRow
 
-ROUND = {"energy_j": 1, "energy_saving_pct": 1, "quality_retained_pct": 1, "time_s": 1}
+
+def quality_columns(metric: str) -> tuple[str, str]:
+    """Column names that say which quality steered the search and which was held out."""
+    return f"{metric} validation (searched)", f"{metric} test (held out)"
+
+
+def energy_column(rows: list[TrialRow]) -> str:
+    label = next((r.energy_label for r in rows if r.scope), "J, all phases")
+    return f"energy ({label})"
 
 
 def trials_frame(rows: list[TrialRow]) -> pd.DataFrame:
-    """One row per trial: figures, provenance, then every searched knob as its own column."""
+    """One row per trial: figures with their provenance and meter parameters, then every searched knob."""
     records = []
+    energy = energy_column(rows)
     for r in rows:
+        val, test = quality_columns(r.metric)
         rec: dict[str, Any] = {
-            "trial": r.trial, "baseline": r.baseline, "state": r.state, "energy_j": r.energy_j,
-            r.metric: r.quality, "energy_saving_pct": r.energy_saving_pct,
-            "quality_retained_pct": r.quality_retained_pct, "feasible": r.feasible,
-            "provenance": r.provenance, "meter": r.meter, "time_s": r.time_s}
+            "trial": r.trial, "baseline": r.baseline, "state": r.state, energy: r.energy_j,
+            "energy_saving_pct": r.energy_saving_pct, val: r.validation_quality, test: r.test_quality,
+            "quality_retained_pct (validation)": r.quality_retained_pct,
+            "quality_retained_pct (test)": r.test_quality_retained_pct, "feasible": r.feasible,
+            "provenance": r.provenance, "meter": r.meter, "energy_scope": r.scope,
+            "meter_params": json.dumps(r.meter_params, sort_keys=True, default=str) if r.meter_params else None,
+            "time_s": r.time_s}
         rec.update(r.searched)
         records.append(rec)
     return pd.DataFrame.from_records(records)
@@ -45,13 +59,14 @@ def front_table_dict(front_rows: list[TrialRow]) -> dict[str, list[Any]]:
 
 
 def render_front(front_rows: list[TrialRow]) -> str:
-    """A console table of the front."""
+    """A console table of the front: energy, saving, validation (searched) and test (held out) quality."""
     if not front_rows:
         return "(no feasible trial yet)"
-    metric = front_rows[0].metric
-    df = trials_frame(front_rows).drop(columns=["state", "feasible"])
-    for col, digits in ROUND.items():
-        if col in df:
-            df[col] = df[col].astype(float).round(digits)
-    df[metric] = df[metric].astype(float).round(4)
+    val, test = quality_columns(front_rows[0].metric)
+    df = trials_frame(front_rows).drop(columns=["state", "feasible", "meter_params", "energy_scope", "baseline"])
+    for col in df.columns:
+        if col in (val, test):
+            df[col] = df[col].astype(float).round(4)
+        elif col.startswith(("energy", "quality_retained", "time_s")) and col != "energy_scope":
+            df[col] = df[col].astype(float).round(1)
     return df.to_string(index=False)

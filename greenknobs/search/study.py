@@ -32,7 +32,7 @@ GRACE_S = 90
 Study = optuna.Study
 __all__ = ["Study", "Trial", "FrozenTrial", "TrialState", "TrialPruned", "make_storage", "mask_password",
            "open_study", "suggest", "baseline_trial", "ensure_baseline_queued", "requeue_interrupted",
-           "front_trials", "finished_count"]
+           "front_trials", "finished_count", "completed_twin"]
 TrialPruned = optuna.TrialPruned
 
 
@@ -172,6 +172,16 @@ def requeue_interrupted(study: optuna.Study) -> int:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             count += 1
     return count
+
+
+def completed_twin(study: optuna.Study, values: dict[str, Any], number: int) -> FrozenTrial | None:
+    """An earlier completed trial that ran exactly these knob values (compared as stored, in JSON)."""
+    key = json.dumps(values, sort_keys=True, default=str)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and "summary" in t.user_attrs \
+                and json.dumps(t.user_attrs.get("knob_values"), sort_keys=True, default=str) == key:
+            return t
+    return None
 
 
 def finished_count(study: optuna.Study) -> int:

@@ -84,11 +84,20 @@ def tiny_experiment(workdir: Path, model_dir: Path, csv_path: Path, **overrides:
 
 def run_knobs(pipeline, overrides: dict[str, Any], runtime, seed: int = 0, meter=None):
     """One trial of ``pipeline`` with every knob it honours at its default, TINY_BASELINE, then ``overrides``."""
+    return run_knobs_with_context(pipeline, overrides, runtime, seed, meter)[0]
+
+
+def run_knobs_with_context(pipeline, overrides: dict[str, Any], runtime, seed: int = 0, meter=None):
+    """``run_knobs``, also returning the trial context the phases left (for re-judging evidence)."""
     from greenknobs.knobs import get_knob
     from greenknobs.meters.cpu_model import CpuModelMeter
-    from greenknobs.pipeline import run_trial
+    from greenknobs.pipeline import execute_trial
 
     values = {name: get_knob(name).default for name in pipeline.knobs}
     values.update({k: v for k, v in TINY_BASELINE.items() if k in values})
     values.update(overrides)
-    return run_trial(pipeline, [(get_knob(n), v) for n, v in values.items()], meter or CpuModelMeter(), runtime, seed)
+    meter = meter or CpuModelMeter()
+    try:
+        return execute_trial(pipeline, [(get_knob(n), v) for n, v in values.items()], meter, runtime, seed)
+    finally:
+        meter.close()

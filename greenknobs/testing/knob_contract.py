@@ -2,9 +2,11 @@
 
 For one knob: (1) it describes itself (phase, default inside its space, devices, what it verifies);
 (2) where this machine can run it, a non-default value applied inside the real pipeline changes
-the evidence its ``verify`` reads back, and verify accepts it; (3) where it cannot, ``check``
-refuses with a reason before anything runs. For a pipeline: (4) every knob at its baseline
-changes nothing on the model, the data or the runtime.
+the evidence its ``verify`` reads back, and verify accepts it -- and verify *rejects* a broken
+knob: one that recorded nothing, and one that silently did nothing (the evidence the baseline
+run left, judged against the non-default value); (3) where it cannot run, ``check`` refuses with
+a reason before anything runs. For a pipeline: (4) every knob at its baseline changes nothing on
+the model, the data or the runtime.
 
     from greenknobs.testing.knob_contract import check_knob
     def test_my_knob(my_pipeline):
@@ -19,13 +21,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from greenknobs.errors import IncompatibleKnobs
+from greenknobs.context import TrialContext
+from greenknobs.errors import IncompatibleKnobs, KnobError
 from greenknobs.knobs import REGISTRY, get_knob
 from greenknobs.phases import TrialResult
 from greenknobs.runtime import Runtime, detect_runtime
-from greenknobs.testing.fixtures import TINY_BASELINE, run_knobs
+from greenknobs.testing.fixtures import TINY_BASELINE, run_knobs_with_context
 
-Runner = Callable[[Any, dict[str, Any], Runtime], TrialResult]
+# (pipeline, knob overrides, runtime) -> (result, the context its phases left)
+Runner = Callable[[Any, dict[str, Any], Runtime], tuple[TrialResult, TrialContext]]
 
 
 def example_of(name: str) -> tuple[Any, dict[str, Any]]:
@@ -55,18 +59,39 @@ def check_fields(name: str) -> None:
     knob.validate(value, f"knobs.{name}")
 
 
-def check_takes_effect(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs) -> tuple[TrialResult, TrialResult]:
-    """The default vs the example value (same companions): verify passes and the evidence moves."""
+def check_takes_effect(name: str, pipeline, runtime: Runtime,
+                       run: Runner = run_knobs_with_context) -> tuple[TrialResult, TrialResult]:
+    """The default vs the example value (same companions): verify passes and the evidence moves;
+    a broken knob's evidence (nothing recorded; the baseline's behaviour) fails verification."""
     value, companions = example_of(name)
     default = get_knob(name).default
-    before = run(pipeline, {**companions, **({name: default} if name in TINY_BASELINE else {})}, runtime)
-    after = run(pipeline, {**companions, name: value}, runtime)
+    before, before_ctx = run(pipeline, {**companions, **({name: default} if name in TINY_BASELINE else {})}, runtime)
+    after, after_ctx = run(pipeline, {**companions, name: value}, runtime)
     assert after.verifications[name]["value"] == value
     assert evidence(after, name) != evidence(before, name), f"{name}={value!r} changed nothing its verify reads"
+    check_rejects_broken_evidence(name, value, before_ctx, after_ctx)
     return before, after
 
 
-def check_refused(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs) -> str:
+def check_rejects_broken_evidence(name: str, value: Any, baseline_ctx: TrialContext, ctx: TrialContext) -> None:
+    """verify must fail (KnobError, not a crash) for a knob that recorded nothing, and for one
+    that silently did nothing -- the run at the default value stands in for that knob."""
+    knob = get_knob(name)
+    empty = TrialContext(ctx.runtime, ctx.seed, settings=dict(ctx.settings))
+    _expect_knob_error(lambda: knob.verify(empty, value), f"{name}={value!r} passed verification with no evidence at all")
+    _expect_knob_error(lambda: knob.verify(baseline_ctx, value),
+                       f"{name}={value!r} passed verification on the evidence of a run that never applied it")
+
+
+def _expect_knob_error(verify: Callable[[], Any], message: str) -> None:
+    try:
+        verify()
+    except KnobError:
+        return
+    raise AssertionError(message)
+
+
+def check_refused(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs_with_context) -> str:
     """A value this machine cannot run is refused before the trial starts; returns the reason."""
     value, companions = example_of(name)
     started = []
@@ -86,7 +111,7 @@ def check_refused(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs
     raise AssertionError(f"{name}={value!r} ran on {runtime.device}, but the knob says it needs {get_knob(name).devices}")
 
 
-def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run_knobs,
+def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run_knobs_with_context,
                                    overrides: dict[str, Any] | None = None) -> TrialResult:
     """Every knob's apply at its baseline may write settings and evidence, nothing else."""
     import torch
@@ -115,7 +140,7 @@ def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run
 
         cls.apply = wrapped  # type: ignore[method-assign]
     try:
-        result = run(pipeline, dict(overrides or {}), runtime)
+        result, _ = run(pipeline, dict(overrides or {}), runtime)
     finally:
         for cls, original in originals.items():
             if original is None:
@@ -127,7 +152,7 @@ def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run
     return result
 
 
-def check_knob(name: str, pipeline, runtime: Runtime | None = None, run: Runner = run_knobs) -> None:
+def check_knob(name: str, pipeline, runtime: Runtime | None = None, run: Runner = run_knobs_with_context) -> None:
     """The whole per-knob contract on ``pipeline``, here."""
     runtime = runtime or detect_runtime()
     check_fields(name)

@@ -26,7 +26,9 @@ from greenknobs.runtime import process_cpu_seconds
 
 
 def kd_loss(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: torch.Tensor, task: str,
-            lam: float = 0.5, temperature: float = 2.0, entropy_weighted: bool = False) -> torch.Tensor:
+            lam: float = 0.5, temperature: float = 2.0, entropy_weighted: bool = False,
+            facts: dict[str, Any] | None = None) -> torch.Tensor:
+    """The healing loss; ``facts`` receives what it computed with (for the knobs' evidence)."""
     if task == "classification":
         with torch.no_grad(), final_block_output(teacher) as tbox:
             run_model(teacher, ids, mask)
@@ -42,15 +44,21 @@ def kd_loss(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: tor
     s_logits = run_model(student, ids, mask).logits[:, :-1].float()
     target = ids[:, 1:].to(s_logits.device)
     valid = mask[:, 1:].bool().to(s_logits.device)
-    t_logp = torch.log_softmax(t_logits / temperature, -1)
+    t_soft = t_logits / temperature
+    t_logp = torch.log_softmax(t_soft, -1)
     s_logp = torch.log_softmax(s_logits / temperature, -1)
     kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1) * temperature**2
     ce = nn.functional.cross_entropy(s_logits.transpose(1, 2), target, reduction="none")
     if entropy_weighted:
         entropy = -(t_logp.exp() * t_logp).sum(-1)
-        lam_t = (lam * entropy / entropy[valid].mean().clamp(min=1e-12)).clamp(0.0, 1.0)
+        raw = lam * entropy / entropy[valid].mean().clamp(min=1e-12)  # mean over valid tokens = lam
     else:
-        lam_t = torch.full_like(kl, lam)
+        raw = torch.full_like(kl, lam)
+    lam_t = raw.clamp(0.0, 1.0)
+    if facts is not None:
+        facts["lambda_seen"] = float(raw[valid].mean())
+        facts["temperature_seen"] = float(t_logits[valid].std() / t_soft[valid].std().clamp(min=1e-12))
+        facts["entropy_weighted_seen"] = bool(float(lam_t[valid].std()) > 1e-6)
     per_token = (1 - lam_t) * ce + lam_t * kl
     return per_token[valid].mean()
 
@@ -72,17 +80,21 @@ def heal(student: nn.Module, teacher: nn.Module, train: Calibration, steps: int,
     before = _mean_kd(student, teacher, probe, task, **kw)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
     student.train()
+    facts: dict[str, Any] = {}
+    taken = 0
     for step in range(steps):
         ids, mask = train.batches[step % len(train.batches)]
-        loss = kd_loss(student, teacher, ids, mask, task, **kw)
+        loss = kd_loss(student, teacher, ids, mask, task, **kw, facts=facts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        taken += 1
     student.eval()
     after = _mean_kd(student, teacher, probe, task, **kw)
-    return {"steps": steps, "task": task, "loss": "hidden-state MSE" if task == "classification" else "logit KD + CE",
-            "lambda": lam if task != "classification" else None,
-            "temperature": temperature if task != "classification" else None,
-            "entropy_weighted": entropy_weighted if task != "classification" else None,
+    lm = task != "classification"  # a classifier distils hidden states: lambda, T and entropy weights do not apply
+    return {"steps_taken": taken, "task": task, "loss": "logit KD + CE" if lm else "hidden-state MSE",
+            "lambda_seen": facts.get("lambda_seen") if lm else None,
+            "temperature_seen": facts.get("temperature_seen") if lm else None,
+            "entropy_weighted_seen": facts.get("entropy_weighted_seen") if lm else None,
             "lr": lr, "kd_loss_before": before, "kd_loss_after": after,
             "wall_s": time.perf_counter() - wall0, "cpu_s": process_cpu_seconds() - cpu0}

@@ -83,9 +83,11 @@ def prune(model: nn.Module, n_remove: int, method: str, *, iterative: bool = Fal
             continue
         stats = layer_stats(model, calibration) if (calibration is not None and (
             compensation_on or method in ("block_influence", "angular"))) else None
-        chosen, named = _choose(model, k, method, stats, objective, calibration, task, mask_steps, seed + len(report.rounds))
+        chosen, named, rule = _choose(model, k, method, stats, objective, calibration, task, mask_steps,
+                                      seed + len(report.rounds))
         report.score_name = report.score_name or _SCORE_NAMES.get(method, "")
-        entry: dict[str, Any] = {"scores": {alive[i]: s for i, s in named.items()}, "removed": [alive[i] for i in chosen]}
+        entry: dict[str, Any] = {"rule": rule, "alive": list(alive), "scores": {alive[i]: s for i, s in named.items()},
+                                 "removed": [alive[i] for i in chosen]}
         if compensation_on:
             entry["alpha"] = []
             assert stats is not None  # computed whenever compensation is on
@@ -123,28 +125,63 @@ def _lowest(values: list[float], k: int) -> list[int]:
     return sorted(sorted(range(len(values)), key=lambda i: (values[i], i))[:k])
 
 
-def _choose(model, k, method, stats, objective, calibration, task, mask_steps, seed) -> tuple[list[int], dict[int, float]]:
-    """Positions (in the current model) to remove this round, and the scores behind the choice."""
+# How each method chose, as recorded in every round ("rule") and re-checked by choice_problem.
+RULES = {"top": "last k blocks", "bottom": "first k blocks", "block_influence": "k lowest scores",
+         "angular": "k-block run starting at the lowest score", "iterative_loss": "k highest scores",
+         "iterative_metric": "k highest scores", "learned_mask": "k lowest scores"}
+
+
+def _choose(model, k, method, stats, objective, calibration, task, mask_steps,
+            seed) -> tuple[list[int], dict[int, float], str]:
+    """Positions (in the current model) to remove this round, the scores behind the choice, and
+    the rule that turned the scores into the choice."""
     n = len(find_layer_stack(model)[2])
     if method == "top":
-        return list(range(n - k, n)), {}
+        return list(range(n - k, n)), {}, RULES[method]
     if method == "bottom":
-        return list(range(k)), {}
+        return list(range(k)), {}, RULES[method]
     if method == "block_influence":
         bi = scores.block_influence(stats)
-        return _lowest(bi, k), dict(enumerate(bi))
+        return _lowest(bi, k), dict(enumerate(bi)), RULES[method]
     if method == "angular":
         d = scores.angular_distances(stats, k)
         start = min(range(len(d)), key=lambda i: (d[i], i))
-        return list(range(start, start + k)), dict(enumerate(d))
+        return list(range(start, start + k)), dict(enumerate(d)), RULES[method]
     if method in ("iterative_loss", "iterative_metric"):
         kept_quality = scores.score_removals(model, objective)
         harm = [-q for q in kept_quality]  # lowest harm = highest objective without the block
-        return _lowest(harm, k), dict(enumerate(kept_quality))
+        return _lowest(harm, k), dict(enumerate(kept_quality)), RULES[method]
     if method == "learned_mask":
         logits = train_layer_mask(model, n - k, calibration, task, steps=mask_steps, seed=seed).tolist()
-        return _lowest(logits, k), dict(enumerate(logits))
+        return _lowest(logits, k), dict(enumerate(logits)), RULES[method]
     raise KnobError(method)
+
+
+def choice_problem(method: str, rnd: dict[str, Any]) -> str | None:
+    """Re-derive a round's removals from the scores it recorded under ``method``'s rule: None
+    when they match, else what differs. A method that was asked for but did not choose fails here."""
+    if method == "merge":
+        return None if rnd.get("merges") else "no pair was merged"
+    alive, removed = rnd.get("alive"), sorted(rnd["removed"])
+    if rnd.get("rule") != RULES.get(method) or alive is None:
+        return f"the round was chosen by {rnd.get('rule')!r}, not by {method}'s rule {RULES.get(method)!r}"
+    k = len(removed)
+    positions = list(range(len(alive)))
+    by_pos = {i: rnd["scores"].get(alive[i], rnd["scores"].get(str(alive[i]))) for i in positions}
+    if method == "top":
+        want = positions[len(alive) - k:]
+    elif method == "bottom":
+        want = positions[:k]
+    elif method == "angular":
+        starts = [i for i in positions if by_pos[i] is not None]
+        start = min(starts, key=lambda i: (by_pos[i], i))
+        want = list(range(start, start + k))
+    else:
+        scored = [i for i in positions if by_pos[i] is not None]
+        sign = -1.0 if method.startswith("iterative") else 1.0
+        want = sorted(sorted(scored, key=lambda i: (sign * by_pos[i], i))[:k])
+    expected = sorted(alive[i] for i in want)
+    return None if expected == removed else f"removed {removed}, but {method}'s rule on its scores picks {expected}"
 
 
 def _merge_round(model: nn.Module, k: int, calibration: Calibration, alive: list[int], report: PruneReport) -> None:
