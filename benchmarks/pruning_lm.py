@@ -109,6 +109,19 @@ def train_or_load(data, steps: int, meter: CpuModelMeter):
     return model, info
 
 
+def extra_training(model, data: Calibration, steps: int, lr: float) -> None:
+    """``steps`` AdamW steps of next-token loss on ``data`` batches (cycled), as healing takes."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        ids, mask = data.batches[step % len(data.batches)]
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
 @torch.no_grad()
 def perplexity(model, data: Calibration) -> float:
     model.eval()
@@ -175,9 +188,20 @@ def main() -> None:
         ppl_before = perplexity(m, held)
         with meter.window("heal") as hw:
             h = heal(m, model, heal_data, args.healing_steps, "causal_lm", entropy_weighted=True, lr=3e-4, held_out=dev)
+        healed = perplexity(m, held)
         print(f"  validation perplexity before healing {ppl_before:.2f}")
-        print(f"  KD loss {h['kd_loss_before']:.3f} -> {h['kd_loss_after']:.3f}; validation perplexity {perplexity(m, held):.2f}; "
+        print(f"  KD loss {h['kd_loss_before']:.3f} -> {h['kd_loss_after']:.3f}; validation perplexity {healed:.2f}; "
               f"{hw.measurement.time_s:.1f} s, {hw.measurement.energy_j:.1f} J modelled")
+        # Like with like: healing is extra training, and this base model is under-trained, so the
+        # unpruned model gets the same extra steps on the same chunks (plain next-token loss, same lr).
+        u = copy.deepcopy(model)
+        with meter.window("extra") as xw:
+            extra_training(u, heal_data, args.healing_steps, lr=3e-4)
+        same = perplexity(u, held)
+        print(f"  unpruned + the same {args.healing_steps} steps on the same chunks: validation perplexity {same:.2f}; "
+              f"{xw.measurement.time_s:.1f} s, {xw.measurement.energy_j:.1f} J modelled")
+        print(f"  => healed pruned vs unpruned at equal extra training: {healed:.2f} vs {same:.2f} "
+              f"({100 * (healed / same - 1):+.1f} % perplexity), for {100 * (1 - args.remove / 8):.0f} % of the blocks")
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / f"pruning_lm_results_rm{args.remove}.json").write_text(json.dumps({"baseline_ppl": base, "rows": rows}, indent=1))
     print(f"\nenergy figures are modelled (CpuModelMeter: 4 W per busy core-second + 0.375 W/GB RSS); "
