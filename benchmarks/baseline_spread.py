@@ -43,7 +43,7 @@ def main() -> None:
         runs.append(result)
         print(f"run {i + 1}: {result.energy_j:.1f} J {result.provenance} ({result.meter}), "
               f"{result.time_s:.1f} s, {exp.objectives.quality_metric} "
-              f"{result.quality[exp.objectives.quality_metric]:.4f}", flush=True)
+              f"{result.quality['validation'][exp.objectives.quality_metric]:.4f}", flush=True)
     print(f"\n{exp.name} baseline, {args.repeats} runs, meter {runs[0].meter} ({runs[0].provenance})")
     print(f"{'phase':<10} {'median J':>10} {'min J':>9} {'max J':>9} {'spread %':>9}")
     for phase in (*PHASES, "total"):
@@ -51,7 +51,7 @@ def main() -> None:
         med = statistics.median(vals)
         spread = 100 * (max(vals) - min(vals)) / med if med else 0.0
         print(f"{phase:<10} {med:10.1f} {min(vals):9.1f} {max(vals):9.1f} {spread:9.1f}")
-    q = [r.quality[exp.objectives.quality_metric] for r in runs]
+    q = [r.quality["validation"][exp.objectives.quality_metric] for r in runs]
     print(f"{exp.objectives.quality_metric}: {min(q):.4f} .. {max(q):.4f} (same seed every run)")
 
 

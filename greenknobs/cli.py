@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from typing import Any
 
 from greenknobs.errors import GreenknobsError
+from greenknobs.processes import termination_as_interrupt
 
 EXIT_USAGE = 2
 
@@ -34,6 +34,10 @@ class ConsoleReporter:
 
     def phase_done(self, number: int, phase: str, result, energy_so_far_j: float) -> None:
         m = result.measurement
+        if result.details.get("aborted"):
+            print(f"    {phase:<9} {m.energy_j:10.1f} J {m.provenance:<8} {m.time_s:7.1f} s   (failed part-way; counted in the "
+                  f"search's cost)", flush=True)
+            return
         spread = f" ±{m.spread_j / 2:.1f}" if m.repeats > 1 else ""
         print(f"    {phase:<9} {m.energy_j:10.1f}{spread} J {m.provenance:<8} {m.time_s:7.1f} s   "
               f"(trial so far {energy_so_far_j:.1f} J)", flush=True)
@@ -62,11 +66,24 @@ def _load(args) -> Any:
 
 
 def cmd_validate(args) -> int:
+    from greenknobs.config import check_inputs
+
     exp = _load(args)
+    data = check_inputs(exp)  # the dataset, read and split as trial 0 will: a bad file fails here
+    if exp.quick.get("pipeline"):
+        try:
+            check_inputs(exp.quick_variant())
+        except GreenknobsError as exc:
+            raise GreenknobsError(f"with --quick (quick.pipeline: {exp.quick['pipeline']}): {exc}") from None
     searched = ", ".join(s.name for s in exp.searched_knobs)
     print(f"{args.experiment}: ok — pipeline {exp.pipeline}, {len(exp.searched_knobs)} knobs searched ({searched}), "
-          f"{exp.trials} trials, objectives: minimise energy ({exp.objectives.energy_scope}), "
+          f"{exp.trials} trials" + (f" or {exp.energy_budget_j:,.0f} J spent" if exp.energy_budget_j else "")
+          + f", objectives: minimise energy ({exp.objectives.energy_scope}), "
           f"{exp.objectives.quality_direction} {exp.objectives.quality_metric}")
+    if data.get("rows"):
+        cap = exp.pipeline_options.get("max_examples")
+        print(f"  data: {data['rows']} examples in {data['labels']} labels ({data.get('duplicates_dropped', 0)} exact "
+              f"duplicates dropped{f', capped by max_examples={cap}' if cap else ''}); the seeded stratified split works")
     return 0
 
 
@@ -77,9 +94,11 @@ def cmd_search(args) -> int:
 
     exp = _load(args)
     tracker = Tracker(exp.mlflow_uri, exp.name)
-    runner = Search(exp, tracker, ConsoleReporter(exp.objectives.quality_metric))
+    runner = Search(exp, tracker, ConsoleReporter(exp.objectives.quality_metric), heartbeat_s=args.heartbeat_s,
+                    grace_s=args.grace_s, gpu=args.gpu)
     try:
-        outcome = runner.run()
+        with termination_as_interrupt():
+            outcome = runner.run()
     except KeyboardInterrupt:
         tracker.end_study("KILLED")
         print("\ninterrupted: finished trials are saved; run the same command again to continue the study",
@@ -89,7 +108,8 @@ def cmd_search(args) -> int:
     tracker.end_study()
     counts = tracker.counts()
     print(f"\nPareto front (feasible, from Optuna) — {len(front.rows)} point(s) of "
-          f"{len(front.all_rows)} trials ({outcome.ran} new, {outcome.failed} failed):")
+          f"{len(front.all_rows)} trials ({outcome.ran} new, {outcome.failed} failed; stopped by the "
+          f"{outcome.stopped_by}):")
     print(render_front(front.rows))
     print("\nResults:")
     print(f"  Optuna study : {exp.name} in {mask_password(exp.storage)}")
@@ -97,6 +117,75 @@ def cmd_search(args) -> int:
           f"{counts['children']} trial runs) — browse with `greenknobs ui {args.experiment}`")
     for key, path in front.files.items():
         print(f"  {key:<13}: {path}")
+    _print_cost(front.cost)
+    print(f"\nNext: `greenknobs ablate {args.experiment}` (each knob alone, with repeats) and "
+          f"`greenknobs report {args.experiment}` (the sustainability report).")
+    return 0
+
+
+def _print_cost(pb) -> None:
+    print(f"\nWhat the search cost: {pb.search_spent_j:,.0f} J over {pb.trials} trials ({pb.failed_trials} failed, "
+          f"{pb.stopped_trials} stopped early, {pb.reused_trials} duplicates reused, {pb.phase_reused_trials} on a "
+          f"stored trained model), plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
+    for p in pb.per_recommendation:
+        be = p["break_even_training_runs"]
+        per1k = p["saved_per_1k_predictions_j"]
+        print(f"  {p['kind']} (trial {p['trial']}): saves {p['saved_per_training_run_j']:,.0f} J per training run"
+              + (f" and {per1k:,.1f} J per 1,000 predictions" if per1k is not None else "")
+              + (f"; pays the search back after {be:,.1f} training runs" if be else "; never pays the search back"))
+
+
+def cmd_ablate(args) -> int:
+    from greenknobs.report.analysis import knob_effects
+    from greenknobs.search.ablation import isolation_experiment, parse_combo, run_isolation
+    from greenknobs.search.rows import all_rows
+    from greenknobs.tracking import Tracker
+
+    exp = _load(args)
+    if args.repeats < 1:
+        raise GreenknobsError("--repeats: must be >= 1")
+    combos = [parse_combo(c, exp) for c in args.combo or []]
+    tracker = Tracker(exp.mlflow_uri, exp.name)
+    try:
+        with termination_as_interrupt():
+            outcome, notes = run_isolation(exp, tracker, ConsoleReporter(exp.objectives.quality_metric), args.repeats,
+                                           combos)
+    except KeyboardInterrupt:
+        tracker.end_study("KILLED")
+        print("\ninterrupted: finished runs are saved; run the same command again to continue", file=sys.stderr)
+        return 130
+    tracker.end_study()
+    for note in notes:
+        print(f"  {note}")
+    iso = isolation_experiment(exp)
+    effects, floor = knob_effects(all_rows(outcome.study, iso), exp.objectives.quality_direction == "maximize")
+    print(f"\nIsolation study {iso.name!r}: {outcome.ran} runs this time. {floor.describe() if floor else ''}")
+    print(f"{'knob value (alone)':<40}{'runs':>5}{'saved %':>10}{'95 % CI':>18}{'Δ quality':>11}  against the noise floor")
+    for x in effects:
+        ci = f"[{x.saving_ci_pct[0]:.1f}, {x.saving_ci_pct[1]:.1f}]" if x.saving_ci_pct else "–"
+        energy = "distinguishable" if x.energy_distinguishable else "not distinguishable"
+        quality = ("changed" if x.quality_distinguishable else "unchanged within the floor")
+        print(f"{x.label:<40}{x.runs:>5}{x.saving_pct:>10.1f}{ci:>18}{x.quality_delta:>+11.4f}  energy {energy}; "
+              f"quality {quality}")
+    print(f"\nNext: `greenknobs report {args.experiment}` puts these beside the search (cascade, payback).")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from greenknobs.search.report import write_report
+    from greenknobs.tracking import Tracker
+
+    exp = _load(args)
+    report, files = write_report(exp, Tracker(exp.mlflow_uri, exp.name))
+    for rec in report.recommendations:
+        print(f"{rec.kind}: trial {rec.trial}, {rec.saving_pct:.1f} % less energy, {exp.objectives.quality_metric} "
+              f"test (held out) {rec.test_quality:.4f}")
+    _print_cost(report.payback)
+    if not report.effects:
+        print(f"\n(no isolation study: `greenknobs ablate {args.experiment}` adds knob effects and the cascade)")
+    print("\nReport files (also on the study's MLflow run, under report/):")
+    for key, path in files.items():
+        print(f"  {key:<10}: {path}")
     return 0
 
 
@@ -145,17 +234,29 @@ def cmd_knobs(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from greenknobs.tracking import ui_command
+    from greenknobs.processes import port_open, serve
+    from greenknobs.tracking import Tracker, ui_command
 
-    uri = args.mlflow_uri or (_load(args).mlflow_uri if args.experiment else None)
+    exp = _load(args) if args.experiment else None
+    uri = args.mlflow_uri or (exp.mlflow_uri if exp else None)
     if not uri:
         raise GreenknobsError("give an experiment file or --mlflow-uri")
-    cmd, env = ui_command(uri, args.port)
-    print(f"MLflow UI on http://127.0.0.1:{args.port} over {uri} (Ctrl-C to stop)", flush=True)
+    if port_open(args.host, args.port):
+        raise GreenknobsError(f"port {args.port} on {args.host} is taken: choose another with --port")
+    base = f"http://{args.host}:{args.port}"
+    # MLflow 3 opens on its GenAI overview unless the URL asks for the classic runs view
+    url = Tracker(uri, exp.name).experiment_url(base) if exp else f"{base}/#/experiments?workflowType=machine_learning"
+    cmd, env = ui_command(uri, args.port, args.host)
+
+    def ready() -> None:
+        print(f"MLflow UI over {uri}\n  open: {url}\n  (Ctrl-C stops it)", flush=True)
+
     try:
-        return subprocess.call(cmd, env=env)
+        return serve(cmd, env, args.host, args.port, ready)
     except KeyboardInterrupt:
         return 0
+    except TimeoutError as exc:
+        raise GreenknobsError(str(exc)) from None
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -171,10 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="run (or continue) the knob search of an experiment")
     s.add_argument("experiment")
-    s.add_argument("--trials", type=int, help="trials to add this run (default: the experiment's budget)")
+    s.add_argument("--trials", type=int, help="the study's total number of trials, shared by every worker "
+                                              "(default: the experiment's budget); a rerun continues up to it")
     s.add_argument("--quick", action="store_true", help="small budget: data subset, few trials (~3 min on 2 cores)")
     s.add_argument("--storage", help="Optuna storage URL (SQLAlchemy), e.g. postgresql://user@host/db")
     s.add_argument("--mlflow-uri", help="MLflow tracking URI")
+    s.add_argument("--heartbeat-s", type=float, default=30.0,
+                   help="seconds between a running trial's heartbeats (default 30)")
+    s.add_argument("--gpu", help="bind this worker to one GPU, by NVML index or UUID (GPU-...): exclusive for its "
+                                 "lifetime, the only device CUDA sees; trials fail if another process uses it")
+    s.add_argument("--grace-s", type=float, default=300.0,
+                   help="a trial silent this long is taken for dead, failed and re-queued (default 300)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("pareto", help="print the Pareto front of an experiment's study")
@@ -183,6 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="the --quick study of the experiment")
     s.add_argument("--storage")
     s.set_defaults(func=cmd_pareto)
+
+    s = sub.add_parser("ablate", help="isolation study: the baseline and each searched knob value alone, repeated")
+    s.add_argument("experiment")
+    s.add_argument("--repeats", type=int, default=3, help="runs of each configuration (the baseline's set the noise floor)")
+    s.add_argument("--combo", action="append", metavar="K=V,K=V",
+                   help="also run this combination of searched knobs (repeatable), e.g. the seed study's hand pick")
+    s.add_argument("--quick", action="store_true")
+    s.add_argument("--storage")
+    s.add_argument("--mlflow-uri")
+    s.set_defaults(func=cmd_ablate)
+
+    s = sub.add_parser("report", help="the sustainability report (HTML, Markdown, JSON, model-card CO2 block)")
+    s.add_argument("experiment")
+    s.add_argument("--quick", action="store_true")
+    s.add_argument("--storage")
+    s.add_argument("--mlflow-uri")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("validate", help="check an experiment file")
     s.add_argument("experiment")
@@ -200,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("experiment", nargs="?")
     s.add_argument("--mlflow-uri")
     s.add_argument("--port", type=int, default=5000)
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback only)")
     s.add_argument("--quick", action="store_true")
     s.set_defaults(func=cmd_ui)
     return p
@@ -213,9 +339,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
-    except GreenknobsError as exc:
-        print(f"greenknobs: error: {exc}", file=sys.stderr)
+    except GreenknobsError as exc:  # bad input, an unusable backend: one line naming the key or URL
+        print(f"greenknobs: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("greenknobs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `greenknobs pareto --json | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141
+    except Exception as exc:  # a bug, not bad input: one line here, the traceback in a file (or shown on request)
+        if os.environ.get("GREENKNOBS_DEBUG"):
+            raise
+        import tempfile
+        import traceback
+
+        with tempfile.NamedTemporaryFile("w", prefix="greenknobs-traceback-", suffix=".txt", delete=False) as fh:
+            traceback.print_exc(file=fh)
+        print(f"greenknobs: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]} -- a bug in "
+              f"greenknobs, not in your input; traceback in {fh.name} (GREENKNOBS_DEBUG=1 prints it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

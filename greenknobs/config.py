@@ -6,7 +6,10 @@ Every problem raises ConfigError naming the dotted key, e.g. ``knobs.data.max_se
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,32 @@ from greenknobs.errors import ConfigError
 from greenknobs.knobs import get_knob, load_knob_class
 from greenknobs.knobs.base import KnobSetting, Space
 from greenknobs.meters import METERS
+from greenknobs.meters.composite import GPU_METERS
+from greenknobs.meters.cpu_model import DEFAULT_PARAMS as CPU_MODEL_PARAMS
 from greenknobs.phases import PHASES
 from greenknobs.pipeline import pipeline_class
 
-SAMPLERS = ("tpe", "nsga2", "random", "grid")
+SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
 TOP_LEVEL = ("name", "description", "pipeline", "knobs", "objectives", "constraints", "budget", "sampler",
-             "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick")
-QUICK_KEYS = ("trials", "timeout_s", "pipeline")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+             "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless")
+QUICK_KEYS = ("trials", "timeout_s", "energy_j", "pipeline")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+CLASS_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:ClassName
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxdict = _short.maxtuple = 4
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, so an error message stays one readable line whatever the input."""
+    return _short.repr(value)
+
+
+def key_part(k: Any) -> str:
+    """A mapping key as it appears in a dotted key: itself when it is printable text, else its short repr."""
+    return k if isinstance(k, str) and k.isprintable() and 0 < len(k) <= 80 else shown(k)
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,25 @@ class CarbonConfig:
 
 
 @dataclass(frozen=True)
+class Reuse:
+    """Phase-output reuse (greenknobs/phase_store.py): a trial whose data, model and training
+    would repeat an earlier trial's takes its trained state and runs only system and inference."""
+
+    enabled: bool = True
+    inference_variants: int = 1  # after a feasible trial trains a new model: variants of its inference knobs to queue
+    max_gb: float = 2.0  # the store's size bound (least recently used entries go first)
+
+
+@dataclass(frozen=True)
+class StopHopeless:
+    """Stop a trial whose validation quality is still at the trivial model's level partway through
+    training: it cannot meet the quality floor (Optuna PRUNED; its energy still counts)."""
+
+    enabled: bool = True
+    at_fraction: float = 0.5  # of the planned training steps
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     pipeline: str
@@ -79,6 +118,9 @@ class Experiment:
     description: str = ""
     quick: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    energy_budget_j: float | None = None  # stop when the search has spent this much (trials, warm-ups, failures)
+    reuse: Reuse = field(default_factory=Reuse)
+    stop_hopeless: StopHopeless = field(default_factory=StopHopeless)
 
     @property
     def searched_knobs(self) -> tuple[KnobSetting, ...]:
@@ -87,12 +129,18 @@ class Experiment:
     def baseline_values(self) -> dict[str, Any]:
         return {k.name: k.default for k in self.knobs}
 
+    @property
+    def results_dir(self) -> Path:
+        """Where the study's files go: the front, the report, the phase-output store."""
+        return Path("runs") / self.name
+
     def quick_variant(self) -> Experiment:
         """The --quick budget: a subset of the data, few trials, its own study (never mixed with the full one)."""
         q = self.quick
         options = {**self.pipeline_options, **q.get("pipeline", {})}
         return replace(self, name=f"{self.name}-quick", trials=q.get("trials", 3),
-                       timeout_s=q.get("timeout_s", self.timeout_s), pipeline_options=options)
+                       timeout_s=q.get("timeout_s", self.timeout_s), pipeline_options=options,
+                       energy_budget_j=q.get("energy_j", self.energy_budget_j))
 
     def with_overrides(self, trials: int | None = None, storage: str | None = None,
                        mlflow_uri: str | None = None) -> Experiment:
@@ -105,14 +153,20 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        raise ConfigError(key, f"expected a mapping, got {type(value).__name__} {shown(value)}")
+    return value
+
+
+def _string(value: Any, key: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, f"expected {what}, got {shown(value)}")
     return value
 
 
 def _reject_unknown(mapping: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
     for k in mapping:
         if k not in allowed:
-            where = f"{prefix}.{k}" if prefix else str(k)
+            where = f"{prefix}.{key_part(k)}" if prefix else key_part(k)
             raise ConfigError(where, f"unknown key; expected one of: {', '.join(allowed)}")
 
 
@@ -122,16 +176,20 @@ def _number(value: Any, key: str, *, integer: bool = False, low: float | None = 
         return None
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
-        raise ConfigError(key, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        raise ConfigError(key, f"expected {'an integer' if integer else 'a number'}, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"expected a finite number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         rng = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise ConfigError(key, f"{value!r} is outside {rng}")
+        raise ConfigError(key, f"{shown(value)} is outside {rng}")
     return value
 
 
 def _knob_setting(name: str, spec: Any) -> KnobSetting:
     key = f"knobs.{name}"
     if isinstance(spec, dict) and "class" in spec:
+        if not isinstance(spec["class"], str) or not CLASS_PATH_RE.fullmatch(spec["class"]):
+            raise ConfigError(f"{key}.class", f"expected 'package.module:ClassName', got {shown(spec['class'])}")
         load_knob_class(spec["class"], f"{key}.class")
         spec = {k: v for k, v in spec.items() if k != "class"}
         spec = spec or None
@@ -158,6 +216,9 @@ def _knob_setting(name: str, spec: Any) -> KnobSetting:
         integer = knob.value_type is int
         low = knob.validate(spec["low"], f"{key}.low")
         high = knob.validate(spec["high"], f"{key}.high")
+        for bound, end in ((low, "low"), (high, "high")):
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                raise ConfigError(f"{key}.{end}", f"{name} takes choices, not a numeric range (got {shown(bound)})")
         if low >= high:
             raise ConfigError(f"{key}.high", f"must be greater than low ({low})")
         log = spec.get("log", False)
@@ -165,12 +226,16 @@ def _knob_setting(name: str, spec: Any) -> KnobSetting:
             raise ConfigError(f"{key}.log", "expected true or false")
         if log and low <= 0:
             raise ConfigError(f"{key}.low", "a log range needs low > 0")
-        step = _number(spec["step"], f"{key}.step", low=0, allow_none=True) if "step" in spec else None
+        step = _number(spec["step"], f"{key}.step", integer=integer, low=0, allow_none=True) if "step" in spec else None
+        if step is not None and step <= 0:
+            raise ConfigError(f"{key}.step", f"must be greater than 0, got {step!r}")
         if step is not None and log:
             raise ConfigError(f"{key}.step", "step and log cannot be combined")
         space = Space(low=low, high=high, log=log, step=step, integer=integer)
     elif isinstance(knob.space, Space):
         space = knob.space
+    else:
+        raise ConfigError(key, "give the space to search: choices, or low and high")
     if not space.contains(default):
         raise ConfigError(f"{key}.default", f"baseline {default!r} lies outside the space {space.describe()}")
     return KnobSetting(knob, default, space)
@@ -183,19 +248,19 @@ def _objectives(raw: Any, pipeline_cls) -> Objectives:
     if isinstance(scope, dict):
         _reject_unknown(scope, ("scope",), "objectives.energy")
         scope = scope.get("scope", "total")
-    if scope not in ENERGY_SCOPES:
-        raise ConfigError("objectives.energy", f"{scope!r} is not one of {', '.join(ENERGY_SCOPES)}")
+    if not isinstance(scope, str) or scope not in ENERGY_SCOPES:
+        raise ConfigError("objectives.energy", f"{shown(scope)} is not one of {', '.join(ENERGY_SCOPES)}")
     quality = raw.get("quality", pipeline_cls.default_metric)
     direction = None
     if isinstance(quality, dict):
         _reject_unknown(quality, ("metric", "direction"), "objectives.quality")
         direction = quality.get("direction")
         quality = quality.get("metric", pipeline_cls.default_metric)
-    if quality not in pipeline_cls.metrics:
-        raise ConfigError("objectives.quality", f"{quality!r} is not a metric of pipeline {pipeline_cls.name!r} "
+    if not isinstance(quality, str) or quality not in pipeline_cls.metrics:
+        raise ConfigError("objectives.quality", f"{shown(quality)} is not a metric of pipeline {pipeline_cls.name!r} "
                                                 f"({', '.join(pipeline_cls.metrics)})")
-    direction = direction or pipeline_cls.metrics[quality]
-    if direction not in ("maximize", "minimize"):
+    direction = direction if direction is not None else pipeline_cls.metrics[quality]
+    if not isinstance(direction, str) or direction not in ("maximize", "minimize"):
         raise ConfigError("objectives.quality.direction", "expected maximize or minimize")
     return Objectives(scope, quality, direction)
 
@@ -212,26 +277,61 @@ def _constraints(raw: Any, objectives: Objectives) -> Constraints:
     )
 
 
+def _meter(raw: Any) -> MeterConfig:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = _mapping(raw, "meter")
+    _reject_unknown(raw, ("name", "params", "idle_baseline_s", "spread_warning"), "meter")
+    name = raw.get("name", "auto")
+    if not isinstance(name, str) or (name != "auto" and name not in METERS):
+        raise ConfigError("meter.name", f"unknown meter {shown(name)}; known: auto, {', '.join(METERS)}")
+    params = _mapping(raw.get("params"), "meter.params")
+    if name in ("auto", "cpu-model", "composite"):  # the cpu-model's parameters (also a composite's CPU part)
+        allowed = tuple(CPU_MODEL_PARAMS) if name == "cpu-model" else (*CPU_MODEL_PARAMS, "gpu")
+        _reject_unknown(params, allowed, "meter.params")
+        for k, v in params.items():
+            if k == "gpu":
+                if not isinstance(v, str) or v not in ("auto", *GPU_METERS):
+                    raise ConfigError("meter.params.gpu", f"expected auto, {' or '.join(GPU_METERS)}, got {shown(v)}")
+            else:
+                _number(v, f"meter.params.{k}", low=0)
+    else:  # another backend: its constructor's keyword arguments
+        signature = inspect.signature(METERS[name].__init__).parameters.values()
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature):
+            _reject_unknown(params, tuple(p.name for p in signature if p.name != "self"), "meter.params")
+    return MeterConfig(
+        name, params,
+        float(_number(raw.get("idle_baseline_s", 0.0), "meter.idle_baseline_s", low=0, high=600)),
+        float(_number(raw.get("spread_warning", 0.10), "meter.spread_warning", low=0, high=10)))
+
+
 def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     if not isinstance(raw, dict):
         raise ConfigError("", f"{source}: an experiment file must be a YAML mapping")
     _reject_unknown(raw, TOP_LEVEL, "")
     raw = copy.deepcopy(raw)
 
-    name = raw.get("name") or Path(source).stem
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError("name", f"expected letters, digits, '-', '_' or '.', got {name!r}")
+    name = raw.get("name")
+    if name is None or name == "":
+        name = Path(source).stem
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ConfigError("name", f"expected letters, digits, '-', '_' or '.', got {shown(name)}")
 
     pipe = _mapping(raw.get("pipeline"), "pipeline")
     if "name" not in pipe:
         raise ConfigError("pipeline.name", "required (e.g. text-classification)")
-    pipeline_cls = pipeline_class(pipe["name"])
+    pipe_name = _string(pipe["name"], "pipeline.name", "a pipeline name (e.g. text-classification) or module:Class")
+    if ":" in pipe_name and not CLASS_PATH_RE.fullmatch(pipe_name):
+        raise ConfigError("pipeline.name", f"expected 'package.module:ClassName', got {shown(pipe_name)}")
+    pipeline_cls = pipeline_class(pipe_name)
     options = pipeline_cls.validate_options({k: v for k, v in pipe.items() if k != "name"})
 
     knobs_raw = _mapping(raw.get("knobs"), "knobs")
     settings = {}
     for knob_name, spec in knobs_raw.items():
-        s = _knob_setting(str(knob_name), spec)
+        if key_part(knob_name) != knob_name:
+            raise ConfigError(f"knobs.{key_part(knob_name)}", "not a knob name (e.g. data.max_seq_len)")
+        s = _knob_setting(knob_name, spec)
         if s.name not in pipeline_cls.knobs:
             raise ConfigError(f"knobs.{knob_name}", f"not supported by pipeline {pipeline_cls.name!r}")
         settings[s.name] = s
@@ -244,76 +344,134 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
 
     objectives = _objectives(raw.get("objectives"), pipeline_cls)
     budget = _mapping(raw.get("budget"), "budget")
-    _reject_unknown(budget, ("trials", "timeout_s"), "budget")
+    _reject_unknown(budget, ("trials", "timeout_s", "energy_j"), "budget")
     trials = _number(budget.get("trials", 12), "budget.trials", integer=True, low=1)
     timeout_s = _number(budget.get("timeout_s"), "budget.timeout_s", low=1, allow_none=True)
+    energy_budget_j = _number(budget.get("energy_j"), "budget.energy_j", low=1, allow_none=True)
+    reuse = _reuse(raw.get("reuse"))
+    stop_hopeless = _stop_hopeless(raw.get("stop_hopeless"))
 
     sampler = raw.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise ConfigError("sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}")
-    seed = _number(raw.get("seed", 42), "seed", integer=True, low=0)
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ConfigError("sampler", f"{shown(sampler)} is not one of {', '.join(SAMPLERS)}")
+    seed = _number(raw.get("seed", 42), "seed", integer=True, low=0, high=2**32 - 1)
     device = raw.get("device", "auto")
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError("device", f"expected auto, cpu or cuda, got {device!r}")
+    if not isinstance(device, str) or device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("device", f"expected auto, cpu or cuda, got {shown(device)}")
 
-    meter_raw = raw.get("meter", "auto")
-    if isinstance(meter_raw, str):
-        meter = MeterConfig(meter_raw)
-    else:
-        meter_raw = _mapping(meter_raw, "meter")
-        _reject_unknown(meter_raw, ("name", "params", "idle_baseline_s", "spread_warning"), "meter")
-        meter = MeterConfig(
-            meter_raw.get("name", "auto"), _mapping(meter_raw.get("params"), "meter.params"),
-            float(_number(meter_raw.get("idle_baseline_s", 0.0), "meter.idle_baseline_s", low=0, high=600)),
-            float(_number(meter_raw.get("spread_warning", 0.10), "meter.spread_warning", low=0, high=10)))
-    if meter.name != "auto" and meter.name not in METERS:
-        raise ConfigError("meter.name", f"unknown meter {meter.name!r}; known: auto, {', '.join(METERS)}")
+    meter = _meter(raw.get("meter", "auto"))
 
     carbon_raw = _mapping(raw.get("carbon"), "carbon")
     _reject_unknown(carbon_raw, ("country_iso_code", "region", "pue"), "carbon")
     country = carbon_raw.get("country_iso_code", "USA")
-    if not (isinstance(country, str) and len(country) == 3 and country.isalpha()):
-        raise ConfigError("carbon.country_iso_code", f"expected a 3-letter ISO code such as GBR, got {country!r}")
-    carbon = CarbonConfig(country.upper(), carbon_raw.get("region"),
+    if not (isinstance(country, str) and len(country) == 3 and country.isascii() and country.isalpha()):
+        raise ConfigError("carbon.country_iso_code", f"expected a 3-letter ISO code such as GBR, got {shown(country)}")
+    region = carbon_raw.get("region")
+    if region is not None:
+        _string(region, "carbon.region", "a region name (e.g. california) or null")
+    carbon = CarbonConfig(country.upper(), region,
                           float(_number(carbon_raw.get("pue", 1.0), "carbon.pue", low=1.0, high=3.0)))
 
     repeats = _number(raw.get("repeats", 1), "repeats", integer=True, low=1, high=20)
     storage = raw.get("storage", f"sqlite:///runs/{name}/optuna.db")
-    if not isinstance(storage, str) or "://" not in storage:
-        raise ConfigError("storage", f"expected a database URL such as sqlite:///runs/x.db, got {storage!r}")
+    if not isinstance(storage, str) or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", storage):
+        got = shown(re.sub(r":[^:@/\s]*@", ":***@", storage) if isinstance(storage, str) else storage)  # no password shown
+        raise ConfigError("storage", f"expected a database URL such as sqlite:///runs/x.db, got {got}")
     mlflow_uri = raw.get("mlflow_uri", f"sqlite:///runs/{name}/mlflow.db")
-    if not isinstance(mlflow_uri, str) or not mlflow_uri:
-        raise ConfigError("mlflow_uri", "expected a tracking URI")
+    _string(mlflow_uri, "mlflow_uri", "a tracking URI (sqlite:///runs/x/mlflow.db, http://host:5000)")
+    description = raw.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, (str, int, float)) or isinstance(description, bool):
+        raise ConfigError("description", f"expected text, got {type(description).__name__}")
 
     quick = _mapping(raw.get("quick"), "quick")
     _reject_unknown(quick, QUICK_KEYS, "quick")
     if "trials" in quick:
         _number(quick["trials"], "quick.trials", integer=True, low=1)
+    if "timeout_s" in quick:
+        _number(quick["timeout_s"], "quick.timeout_s", low=1, allow_none=True)
+    if "energy_j" in quick:
+        _number(quick["energy_j"], "quick.energy_j", low=1, allow_none=True)
     if "pipeline" in quick:
         pipeline_cls.validate_options({**options, **_mapping(quick["pipeline"], "quick.pipeline")})
 
     return Experiment(
-        name=name, pipeline=pipe["name"], pipeline_options=options,
+        name=name, pipeline=pipe_name, pipeline_options=options,
         knobs=tuple(settings[n] for n in sorted(settings, key=lambda n: (PHASES.index(settings[n].knob.phase), n))),
         objectives=objectives, constraints=_constraints(raw.get("constraints"), objectives),
         trials=trials, timeout_s=timeout_s, sampler=sampler, seed=seed, device=device, meter=meter, carbon=carbon,
-        repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(raw.get("description", "")),
-        quick=quick, source=source,
+        repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(description),
+        quick=quick, source=source, energy_budget_j=energy_budget_j, reuse=reuse, stop_hopeless=stop_hopeless,
     )
 
 
+def _reuse(raw: Any) -> Reuse:
+    if isinstance(raw, bool):
+        return Reuse(enabled=raw)
+    raw = _mapping(raw, "reuse")
+    _reject_unknown(raw, ("enabled", "inference_variants", "max_gb"), "reuse")
+    d = Reuse()
+    enabled = raw.get("enabled", d.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError("reuse.enabled", "expected true or false")
+    return Reuse(enabled, _number(raw.get("inference_variants", d.inference_variants), "reuse.inference_variants",
+                                  integer=True, low=0, high=8),
+                 float(_number(raw.get("max_gb", d.max_gb), "reuse.max_gb", low=0.01, high=10_000)))
+
+
+def _stop_hopeless(raw: Any) -> StopHopeless:
+    if isinstance(raw, bool):
+        return StopHopeless(enabled=raw)
+    raw = _mapping(raw, "stop_hopeless")
+    _reject_unknown(raw, ("enabled", "at_fraction"), "stop_hopeless")
+    d = StopHopeless()
+    enabled = raw.get("enabled", d.enabled)
+    if not isinstance(enabled, bool):
+        raise ConfigError("stop_hopeless.enabled", "expected true or false")
+    return StopHopeless(enabled, float(_number(raw.get("at_fraction", d.at_fraction), "stop_hopeless.at_fraction",
+                                               low=0.05, high=0.95)))
+
+
 def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; every problem -- a missing or unreadable file, bytes
+    that are not UTF-8, broken YAML, a bad value -- is a ConfigError (one line, naming the key)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("", f"no such experiment file: {path}")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError("", f"{path} is a folder, not an experiment file") from None
+    except FileNotFoundError:
+        raise ConfigError("", f"no such experiment file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError("", f"cannot read experiment file {shown(str(path))}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError("", f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError("", f"{path}: not valid YAML{where}: {problem}") from None
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError("", f"{path}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
+    except RecursionError:
+        raise ConfigError("", f"{path}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # PyYAML's constructors, e.g. a date 2024-13-45
+        raise ConfigError("", f"{path}: not valid YAML: {' '.join(str(exc).split())[:200]}") from None
     return parse_experiment(raw, str(p))
+
+
+def check_inputs(exp: Experiment) -> dict[str, Any]:
+    """Read what the trials will read -- the dataset files -- the way they will, so a missing, unreadable
+    or malformed file fails now (``greenknobs validate``, before a search starts), not inside trial 0.
+    Uses the pipeline's ``check_inputs(options, seed)`` classmethod when it has one; returns its summary."""
+    check = getattr(pipeline_class(exp.pipeline), "check_inputs", None)
+    if check is None:
+        return {}
+    return dict(check(exp.pipeline_options, exp.seed) or {})
 
 
 def dump_yaml(data: Any) -> str:

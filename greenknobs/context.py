@@ -68,6 +68,9 @@ class TrialContext:
     exit_head: Any = None  # early-exit classifier, when training.exit_head_depth > 0
     exit_block: int = 0  # blocks the exit head sits after
     meter: Any = None  # the trial's EnergyMeter: mechanisms that spend energy open their own windows on it
+    # called by a training loop as it passes fractions of its planned steps, with a function that
+    # scores validation quality: the search stops hopeless trials with it (raises HopelessTrial)
+    progress_check: Callable[[float, Callable[[], float]], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # pipeline-private state between its phases
     # -- runner bookkeeping ----------------------------------------------------------------------
     phase: str | None = None

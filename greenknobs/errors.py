@@ -25,3 +25,8 @@ class IncompatibleKnobs(KnobError):
 
 class MeterUnavailable(GreenknobsError):
     """An energy meter the user asked for explicitly cannot run here; the message says why."""
+
+
+class HopelessTrial(GreenknobsError):
+    """Partway through training, a trial's validation quality is still at the trivial model's
+    level: it cannot meet the quality floor, so it is stopped (Optuna PRUNED) to save energy."""

@@ -96,6 +96,7 @@ class TrialResult:
     # {"g_per_kwh": float, "source": str, "pue": float}; None = no carbon figures
     carbon_intensity: dict[str, Any] | None = None
     process_state: dict[str, Any] = field(default_factory=dict)  # what was reset before the trial, and the state then
+    reuse: dict[str, Any] = field(default_factory=dict)  # phase-output reuse: off | built | reused (load, publish J)
 
     @property
     def energy_j(self) -> float:
@@ -154,6 +155,7 @@ class TrialResult:
             "meter_params": self.meter_params,
             "idle_power": self.idle_power,
             "process_state": self.process_state,
+            "reuse": self.reuse,
             "net_energy_j": self.net_energy_j(),
             "carbon": None if self.carbon_intensity is None else {**self.carbon_intensity, "g": self.carbon_g()},
             "phases": {

@@ -29,6 +29,7 @@ class TrialSummary:
     test_quality_retained_pct: float | None = None
     carbon_g: dict[str, float] = field(default_factory=dict)  # per phase and total; empty without an intensity
     net_energy_j: dict[str, float] | None = None  # gross minus idle; None without an idle baseline
+    attribution: str = ""  # whether the host ran this worker alone, or the figure is apportioned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +64,7 @@ class TrialRow:
     meter_params: dict[str, Any] = field(default_factory=dict)
     phase_energy_j: dict[str, float] = field(default_factory=dict)
     phase_provenance: dict[str, str] = field(default_factory=dict)
+    phases_below_resolution: list[str] = field(default_factory=list)  # windows too short for the meter
     carbon_g: float | None = None
     carbon_g_per_phase: dict[str, float] = field(default_factory=dict)
     carbon_source: str | None = None
@@ -70,6 +72,13 @@ class TrialRow:
     time_s: float | None = None
     fail_reason: str | None = None
     mlflow_run_id: str | None = None
+    spent_j: float = 0.0  # what running it cost the search (0 for a reused duplicate; failed trials included)
+    duplicate_of: int | None = None
+    reused_from: int | None = None  # data, model and training loaded from this trial's stored state
+    stop_reason: str | None = None  # PRUNED: why the search stopped it (hopeless after part of training)
+    variant_of: int | None = None  # queued to try other inference settings on this trial's trained model
+    study: str = ""  # the Optuna study it belongs to (the search, or its isolation study)
+    ablation: dict[str, Any] | None = None  # isolation-study role: {"knob", "value", "repeat"} or {"combo", ...}
 
     @property
     def complete(self) -> bool:

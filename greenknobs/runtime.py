@@ -63,6 +63,33 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """The random generators' state now (Python, NumPy, torch CPU and CUDA, as loaded), so work
+    resumed from a stored phase output continues exactly as the run that stored it would have."""
+    state: dict[str, Any] = {"python": random.getstate()}
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        state["numpy"] = numpy.random.get_state()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        state["torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and "numpy" in state:
+        numpy.random.set_state(state["numpy"])
+    torch = sys.modules.get("torch")
+    if torch is not None and "torch" in state:
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def process_cpu_seconds() -> float:
     """User + system CPU time of this process and its reaped children (getrusage)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -95,3 +122,21 @@ def reset_process_state() -> dict[str, Any]:
         dynamo.reset()  # compiled graphs and guards: a later trial must pay its own compilation
         cleared.append("torch.compile graphs")
     return {"threads_set_to": usable_cores(), "grad_enabled": True, "caches_cleared": cleared}
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was produced on: OS, CPU model and cores, GPUs (names, via torch when loaded)."""
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpus: list[str] = []
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"os": platform.platform(), "python": platform.python_version(), "cpu": cpu, "cores": usable_cores(),
+            "gpus": gpus}

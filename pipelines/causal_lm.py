@@ -31,7 +31,15 @@ from greenknobs.ml import train_loop as loop
 from greenknobs.ml.data import deduplicate_training, drop_duplicate_texts, stratified_subset, subsample_training
 from greenknobs.ml.quantize import count_quantized_linears
 from greenknobs.pipeline import Pipeline
-from pipelines.text_data import check_dataset_option, check_options, load_bbc_news, load_table
+from pipelines.text_data import (
+    check_dataset,
+    check_dataset_option,
+    check_options,
+    load_bbc_news,
+    load_table,
+    model_dir_option,
+    shown,
+)
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dataset": "bbc-news",  # or {path, text_column, label_column}
@@ -135,30 +143,36 @@ class CausalLMPipeline(Pipeline):
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         merged = check_options(options, DEFAULT_OPTIONS)
         check_dataset_option(merged["dataset"])
-        if merged["model"] != "scratch":
-            if not isinstance(merged["model"], str):
-                raise ConfigError("pipeline.model", "expected 'scratch' or a local model directory")
-            hf.resolve_model_dir(merged["model"])
+        model_dir_option(merged["model"], "pipeline.model", keywords=("scratch",))
         split = merged["split"]
         if not isinstance(split, dict) or set(split) != {"train", "validation", "test"}:
             raise ConfigError("pipeline.split", "expected {train, validation, test} fractions")
         for k, v in split.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
-                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in (0, 1), got {v!r}")
+                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in (0, 1), got {shown(v)}")
         if abs(sum(split.values()) - 1.0) > 1e-6:
             raise ConfigError("pipeline.split", f"fractions must sum to 1, got {sum(split.values()):g}")
         cap = merged["max_examples"]
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 20):
-            raise ConfigError("pipeline.max_examples", f"must be an integer >= 20 or null, got {cap!r}")
+            raise ConfigError("pipeline.max_examples", f"must be an integer >= 20 or null, got {shown(cap)}")
         for key, low in _INTS.items():
             v = merged[key]
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise ConfigError(f"pipeline.{key}", f"must be an integer >= {low}, got {v!r}")
+                raise ConfigError(f"pipeline.{key}", f"must be an integer >= {low}, got {shown(v)}")
         if merged["hidden_size"] % merged["heads"]:
             raise ConfigError("pipeline.heads", f"must divide hidden_size ({merged['hidden_size']})")
-        if merged["save_model"] is not None and not isinstance(merged["save_model"], str):
+        if merged["save_model"] is not None and (not isinstance(merged["save_model"], str) or not merged["save_model"]):
             raise ConfigError("pipeline.save_model", "expected a directory path or null")
         return merged
+
+    @classmethod
+    def check_inputs(cls, options: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Read the dataset and split it as the data phase will (``greenknobs validate``, before trial 0);
+        one topic is enough for a language model (labels only stratify the split)."""
+        return check_dataset(options, seed, min_labels=1)
+
+    def warmup_options(self) -> dict[str, Any]:
+        return {**self.options, "max_examples": 100, "save_model": None}
 
     def check_knobs(self, values: dict[str, Any], runtime) -> None:
         if values.get("training.kd_lambda", 0) > 0 and self.options["model"] == "scratch":

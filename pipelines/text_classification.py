@@ -26,7 +26,16 @@ from greenknobs.ml import train_loop as loop
 from greenknobs.ml.data import drop_duplicate_texts, select_training_examples, stratified_subset
 from greenknobs.ml.quantize import count_quantized_linears
 from greenknobs.pipeline import Pipeline
-from pipelines.text_data import check_dataset_option, check_options, encode_labels, load_bbc_news, load_table
+from pipelines.text_data import (
+    check_dataset,
+    check_dataset_option,
+    check_options,
+    encode_labels,
+    load_bbc_news,
+    load_table,
+    model_dir_option,
+    shown,
+)
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "dataset": "bbc-news",  # or {path, text_column, label_column}
@@ -175,27 +184,33 @@ class TextClassificationPipeline(Pipeline):
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         merged = check_options(options, DEFAULT_OPTIONS)
         check_dataset_option(merged["dataset"])
-        if not isinstance(merged["model"], str):
-            raise ConfigError("pipeline.model", "expected 'minilm' or a local model directory")
-        hf.resolve_model_dir(merged["model"])
+        model_dir_option(merged["model"], "pipeline.model")
         split = merged["split"]
         if not isinstance(split, dict) or set(split) != {"train", "validation", "test"}:
             raise ConfigError("pipeline.split", "expected {train, validation, test} fractions")
         for k, v in split.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
                 why = " (the search selects on validation and reports on test: both are needed)" if v == 0 else ""
-                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in (0, 1), got {v!r}{why}")
+                raise ConfigError(f"pipeline.split.{k}", f"must be a fraction in (0, 1), got {shown(v)}{why}")
         if abs(sum(split.values()) - 1.0) > 1e-6:
             raise ConfigError("pipeline.split", f"fractions must sum to 1, got {sum(split.values()):g}")
         cap = merged["max_examples"]
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 20):
-            raise ConfigError("pipeline.max_examples", f"must be an integer >= 20 or null, got {cap!r}")
+            raise ConfigError("pipeline.max_examples", f"must be an integer >= 20 or null, got {shown(cap)}")
         teacher = merged["teacher"]
-        if teacher not in (None, "model"):
+        if teacher is not None and teacher != "model":
             if not isinstance(teacher, str):
                 raise ConfigError("pipeline.teacher", "expected null, 'model' or a fine-tuned classifier directory")
-            hf.resolve_model_dir(teacher, "pipeline.teacher")
+            model_dir_option(teacher, "pipeline.teacher")
         return merged
+
+    @classmethod
+    def check_inputs(cls, options: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Read the dataset and split it as the data phase will (``greenknobs validate``, before trial 0)."""
+        return check_dataset(options, seed)
+
+    def warmup_options(self) -> dict[str, Any]:
+        return {**self.options, "max_examples": 100}  # 10 per split at least: a stratified split of 5 topics
 
     def check_knobs(self, values: dict[str, Any], runtime) -> None:
         """Limits of this pipeline, before anything runs."""
@@ -203,6 +218,12 @@ class TextClassificationPipeline(Pipeline):
             raise IncompatibleKnobs("training.kd_lambda > 0 needs pipeline.teacher: a fine-tuned classifier directory, "
                                     "or 'model' when pipeline.model already is one (a fresh classification head "
                                     "has nothing to teach)")
+        frozen, removed = values.get("training.freeze_layers", 0), values.get("model.layers_removed", 0)
+        if frozen:
+            blocks = hf.block_count(hf.resolve_model_dir(self.options["model"]))
+            if blocks is not None and frozen >= blocks - removed:
+                raise IncompatibleKnobs(f"training.freeze_layers={frozen} would freeze every block: the model keeps "
+                                        f"{blocks - removed} of {blocks} after model.layers_removed={removed}")
         limit, max_len = values.get("inference.seq_len", 0), values.get("data.max_seq_len", 0)
         if limit and max_len and limit >= max_len:
             raise IncompatibleKnobs(f"inference.seq_len={limit} cuts nothing: inputs are already at most "
@@ -222,6 +243,11 @@ class TextClassificationPipeline(Pipeline):
             examples, (split["train"], split["validation"], split["test"]), ctx.seed)
         ctx.apply_knobs()  # dedup, train_fraction, max_seq_len, padding, tokenizer_cache: all settings
         select_training_examples(ctx)  # de-duplicate, then subsample
+        # the trivial predictors' scores depend on the labels only: computed here, once, so the inference
+        # window measures serving the model (their seeded simulation costs ~0.5 CPU-s per split)
+        train_labels = [r["label"] for r in ctx.train]
+        ctx.extras["trivial"] = {part: metrics.trivial_scores(train_labels, [r["label"] for r in getattr(ctx, part)],
+                                                              ctx.seed) for part in ("validation", "test")}
         ctx.extras["model_dir"] = hf.resolve_model_dir(self.options["model"])
         tokenizer = hf.load_tokenizer(ctx.extras["model_dir"])
         ctx.pad_id = tokenizer.pad_token_id or 0
@@ -288,13 +314,13 @@ class TextClassificationPipeline(Pipeline):
         exits: dict[str, Any] = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0,
                                  "rows": 0, "exited": 0, "full": 0, "truncated_passes": 0,
                                  "min_confidence_exited": None, "max_confidence_full": None}
-        train_labels = [r["label"] for r in ctx.train]
         ctx.quality = {}
         for split in ("validation", "test"):
             rows = getattr(ctx, split)
             predictions = self._serve(ctx, served, model, rows, exits)
-            ctx.quality[split] = metrics.classification_scores(train_labels, [r["label"] for r in rows], predictions,
-                                                               seed=ctx.seed)
+            truth = [r["label"] for r in rows]
+            ctx.quality[split] = {"macro_f1": metrics.macro_f1(truth, predictions),
+                                  "accuracy": metrics.accuracy(truth, predictions), **ctx.extras["trivial"][split]}
         exits["exit_rate"] = round(exits["exited"] / max(exits["rows"], 1), 4)
         ctx.observed.record("early_exit", exits)
         ctx.observed.record("inference_compile", dict(compile_stats))

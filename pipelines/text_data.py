@@ -3,31 +3,69 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import reprlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from greenknobs.errors import ConfigError
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlist = _short.maxdict = 4
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut short: error messages stay one readable line whatever the input."""
+    return _short.repr(value)
 
 
 def check_options(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """Reject unknown pipeline options (naming the key) and return them merged over ``defaults``."""
     unknown = set(options) - set(defaults)
     if unknown:
-        raise ConfigError(f"pipeline.{sorted(unknown)[0]}", f"unknown option; known: {', '.join(defaults)}")
+        first = sorted(unknown, key=str)[0]
+        name = first if isinstance(first, str) and first.isprintable() and len(first) <= 80 else shown(first)
+        raise ConfigError(f"pipeline.{name}", f"unknown option; known: {', '.join(defaults)}")
     return {**defaults, **options}
 
 
 def check_dataset_option(ds: Any) -> None:
-    """``bbc-news`` or ``{path, text_column, label_column}``."""
+    """``bbc-news`` or ``{path, text_column, label_column}`` (types only; ``check_dataset`` reads the file)."""
     if isinstance(ds, dict):
         if "path" not in ds:
             raise ConfigError("pipeline.dataset.path", "required for a file dataset")
         extra = set(ds) - {"path", "text_column", "label_column"}
         if extra:
-            raise ConfigError(f"pipeline.dataset.{sorted(extra)[0]}", "unknown option")
+            first = sorted(extra, key=str)[0]
+            name = first if isinstance(first, str) and first.isprintable() and len(first) <= 80 else shown(first)
+            raise ConfigError(f"pipeline.dataset.{name}",
+                              "unknown option; known: path, text_column, label_column")
+        if not isinstance(ds["path"], str) or not ds["path"].strip():
+            raise ConfigError("pipeline.dataset.path", f"expected the path of a .csv or .jsonl file, got {shown(ds['path'])}")
+        for key in ("text_column", "label_column"):
+            if key in ds and (not isinstance(ds[key], str) or not ds[key]):
+                raise ConfigError(f"pipeline.dataset.{key}", f"expected a column name, got {shown(ds[key])}")
     elif ds != "bbc-news":
-        raise ConfigError("pipeline.dataset", f"expected 'bbc-news' or {{path: ...}}, got {ds!r}")
+        raise ConfigError("pipeline.dataset", f"expected 'bbc-news' or {{path: ...}}, got {shown(ds)}")
+
+
+def model_dir_option(spec: Any, key: str, keywords: tuple[str, ...] = ("minilm",)) -> None:
+    """A model option: one of ``keywords`` or a local Hugging Face model directory (config.json inside)."""
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(key, f"expected {' or '.join(repr(k) for k in keywords)} or a local model directory, "
+                               f"got {shown(spec)}")
+    if spec in keywords:
+        return
+    try:
+        path = Path(spec).expanduser()
+        ok = (path / "config.json").is_file()
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, ~unknownuser, a NUL byte
+        raise ConfigError(key, f"{shown(spec)} is not a usable path ({type(exc).__name__}: {str(exc)[:80]})") from None
+    if not ok:
+        raise ConfigError(key, f"{shown(spec)} is not a local Hugging Face model directory (no config.json)")
 
 
 def bbc_news_dir() -> Path:
@@ -58,21 +96,123 @@ def encode_labels(examples: list[dict[str, Any]]) -> list[str]:
 
 
 def load_table(path: str, text_column: str, label_column: str) -> list[dict[str, Any]]:
-    """A CSV or JSONL file with a text column and a label column."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError("pipeline.dataset.path", f"no such file: {path}")
-    if p.suffix.lower() in (".jsonl", ".ndjson"):
-        with p.open(encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
-    elif p.suffix.lower() == ".csv":
-        with p.open(encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    """A CSV or JSONL file (UTF-8) with a text column and a label column. Every problem -- a missing or
+    unreadable file, bytes that are not UTF-8, a malformed line, a missing column, an empty text or
+    label -- is a ConfigError naming the option and the line."""
+    key = "pipeline.dataset.path"
+    name = path if path.isprintable() else shown(path)  # for messages: one line, whatever the path holds
+    try:
+        p = Path(path).expanduser()
+        is_file = p.is_file()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ConfigError(key, f"{shown(path)} is not a usable path ({type(exc).__name__})") from None
+    if not is_file:
+        raise ConfigError(key, f"{'is a folder, not a file' if p.is_dir() else 'no such file'}: {name}")
+    suffix = p.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise ConfigError(key, f"expected a .csv or .jsonl file, got {p.name if p.name.isprintable() else shown(p.name)}")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (spreadsheet exports) is fine
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(key, f"{name} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                               "save the file as UTF-8") from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise ConfigError(key, f"{name} line {line}: a NUL byte; is this a text file?")
+    records = _jsonl_records(text, name) if suffix in (".jsonl", ".ndjson") else _csv_records(text, name)
+    if not records:
+        raise ConfigError(key, f"{name} has no rows")
+    examples = []
+    for line, row in records:
+        example = {}
+        for field, col, what in (("text", text_column, "text_column"), ("label", label_column, "label_column")):
+            if col not in row:
+                has = ", ".join(shown(c) for c in list(row)[:12] if c is not None)
+                raise ConfigError(f"pipeline.dataset.{what}", f"column {col!r} not in {name} line {line} (has {has})")
+            value = row[col]
+            if field == "label" and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # integer class ids are labels too
+            if not isinstance(value, str):
+                raise ConfigError(f"pipeline.dataset.{what}", f"{name} line {line}: column {col!r} holds "
+                                                              f"{shown(value)}, not a string")
+            if not value.strip():
+                raise ConfigError(f"pipeline.dataset.{what}", f"{name} line {line}: empty {field} in column {col!r}")
+            example[field] = value if field == "text" else value.strip()
+        examples.append(example)
+    return examples
+
+
+def _csv_records(text: str, name: str) -> list[tuple[int, dict[Any, Any]]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted texts may span lines
+    records = []
+    try:
+        header = list(reader.fieldnames or ())
+        if len(set(header)) != len(header):
+            dup = next(h for h in header if header.count(h) > 1)
+            raise ConfigError("pipeline.dataset.path", f"{name} line 1: column {dup!r} appears twice in the header")
+        for row in reader:
+            if None in row:  # more fields than the header has
+                raise ConfigError("pipeline.dataset.path", f"{name} line {reader.line_num}: {len(header) + len(row[None])} "
+                                                           f"fields, the header has {len(header)} (quote texts that hold commas)")
+            records.append((reader.line_num, {k: v for k, v in row.items() if v is not None}))
+    except csv.Error as exc:
+        raise ConfigError("pipeline.dataset.path", f"{name} line {reader.line_num}: malformed CSV ({exc})") from None
+    return records
+
+
+def _jsonl_records(text: str, name: str) -> list[tuple[int, dict[Any, Any]]]:
+    records = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            raise ConfigError("pipeline.dataset.path", f"{name} line {n}: not valid JSON ({why})") from None
+        if not isinstance(row, dict):
+            raise ConfigError("pipeline.dataset.path", f"{name} line {n}: expected a JSON object, got {type(row).__name__}")
+        records.append((n, row))
+    return records
+
+
+def check_dataset(options: dict[str, Any], seed: int, min_labels: int = 2) -> dict[str, Any]:
+    """Read the dataset as the data phase will, and make its seeded, stratified split: a file that
+    would fail trial 0 fails here (``greenknobs validate``), naming the option. Returns a summary."""
+    from greenknobs.ml.data import drop_duplicate_texts, stratified_subset
+    from greenknobs.ml.metrics import stratified_split
+
+    ds = options["dataset"]
+    if ds == "bbc-news":
+        try:
+            examples = load_bbc_news()
+        except OSError as exc:
+            raise ConfigError("pipeline.dataset", f"cannot read the BBC News corpus: {exc}") from None
+        where = "pipeline.dataset"
     else:
-        raise ConfigError("pipeline.dataset.path", f"expected a .csv or .jsonl file, got {p.name}")
-    if not rows:
-        raise ConfigError("pipeline.dataset.path", f"{path} has no rows")
-    for col, key in ((text_column, "text_column"), (label_column, "label_column")):
-        if col not in rows[0]:
-            raise ConfigError(f"pipeline.dataset.{key}", f"column {col!r} not in {path} (has {', '.join(rows[0])})")
-    return [{"text": str(r[text_column]), "label": str(r[label_column])} for r in rows]
+        examples = load_table(ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
+        where = "pipeline.dataset.label_column"
+    examples, dropped = drop_duplicate_texts(examples)
+    if options.get("max_examples"):
+        examples = stratified_subset(examples, min(1.0, options["max_examples"] / len(examples)), seed)
+    counts = Counter(e["label"] for e in examples)
+    if len(counts) < min_labels:
+        raise ConfigError(where, f"needs at least {min_labels} labels; found {len(counts)} "
+                                 f"({', '.join(shown(label) for label in list(counts)[:5])})")
+    split = options["split"]
+    fractions = (split["train"], split["validation"], split["test"])
+    try:
+        stratified_split(examples, fractions, seed)
+    except ValueError as exc:
+        rare = ", ".join(f"{shown(label)}: {n}" for label, n in sorted(counts.items(), key=lambda kv: kv[1])[:3])
+        capped = f" (after max_examples={options['max_examples']})" if options.get("max_examples") else ""
+        why = " ".join(str(exc).split()).split(". ")[0][:160]
+        raise ConfigError("pipeline.dataset", f"{len(examples)} rows in {len(counts)} labels{capped} are too few for a "
+                                              f"stratified train/validation/test split of {fractions} (fewest rows: "
+                                              f"{rare}; {why})") from None
+    return {"rows": len(examples), "labels": len(counts), "duplicates_dropped": dropped}

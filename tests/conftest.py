@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from services_fixtures import *  # noqa: F403  (postgres, postgres_url, mlflow_server_url)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")

@@ -19,18 +19,19 @@ LAYERS: list[tuple[str, ...]] = [
     ("greenknobs.cli", "greenknobs.__main__"),
     ("greenknobs.search",),
     ("greenknobs.config", "greenknobs.tracking", "greenknobs.report"),
-    ("greenknobs.pipeline",),
+    ("greenknobs.pipeline", "greenknobs.phase_store"),
     ("greenknobs.knobs", "greenknobs.meters"),
     ("greenknobs.ml",),
     ("greenknobs.devices",),
     ("greenknobs.context", "greenknobs.phases", "greenknobs.records", "greenknobs.runtime", "greenknobs.units",
-     "greenknobs.errors"),
+     "greenknobs.errors", "greenknobs.processes", "greenknobs.urls"),
 ]
 OUTSIDE_LAYERS = ("greenknobs", "greenknobs.testing")  # the lazy public API and the shipped test support
 # (runtime asks torch, lazily and only if installed, how many GPUs there are: it is not listed)
 NO_TORCH = ("greenknobs.search", "greenknobs.config", "greenknobs.tracking", "greenknobs.report", "greenknobs.cli",
             "greenknobs.pipeline", "greenknobs.meters", "greenknobs.context", "greenknobs.phases",
-            "greenknobs.records", "greenknobs.units", "greenknobs.errors", "greenknobs.devices")
+            "greenknobs.records", "greenknobs.units", "greenknobs.errors", "greenknobs.devices", "greenknobs.processes",
+            "greenknobs.urls", "greenknobs.phase_store")
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "sklearn")
 # third-party library -> the one module (or package, for torch: the ml layer's substrate) that imports it
 OWNERS = {
@@ -47,6 +48,7 @@ OWNERS = {
     "pynvml": {"greenknobs.devices.nvml"},
     "zeus": {"greenknobs.meters.zeus_meter"},
     "codecarbon": {"greenknobs.meters.codecarbon_meter"},
+    "sqlalchemy": {"greenknobs.search.coordination"},
 }
 
 

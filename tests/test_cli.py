@@ -45,14 +45,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ui_serves_the_store_on_loopback(tmp_path):
+def test_ui_serves_the_store_on_loopback_and_stops_with_its_command(tmp_path):
+    """SIGTERM to `greenknobs ui` stops the MLflow server it started (the old one kept the port)."""
+    import os
+    import signal
+
+    from greenknobs.processes import port_open
+
     port = _free_port()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     from greenknobs.tracking import Tracker
 
     Tracker(uri, "ui-check")  # creates the store and an experiment to show
-    proc = subprocess.Popen([sys.executable, "-m", "greenknobs.cli", "ui", "--mlflow-uri", uri, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "greenknobs", "ui", "--mlflow-uri", uri, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, text=True)
     try:
         deadline = time.time() + 90
         body = None
@@ -66,5 +72,9 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
         assert body is not None, "MLflow UI did not answer"
         assert "ui-check" in {e["name"] for e in body["experiments"]}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    time.sleep(0.5)
+    assert not port_open("127.0.0.1", port), "the MLflow server outlived `greenknobs ui`"
+    leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
+    assert not leftovers, f"processes still serving port {port}: {leftovers}"

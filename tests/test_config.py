@@ -45,7 +45,7 @@ def test_quick_variant_is_a_separate_smaller_study():
     (lambda d: d["knobs"]["data.max_seq_len"].update(choices="64"), "knobs.data.max_seq_len.choices"),
     (lambda d: d["knobs"]["data.max_seq_len"].update(default=256), "knobs.data.max_seq_len.default"),
     (lambda d: d["knobs"]["data.train_fraction"].update(default=1.5), "knobs.data.train_fraction.default"),
-    (lambda d: d["knobs"]["training.precision"].update(choices=["fp32", "fp8"]), "knobs.training.precision.choices"),
+    (lambda d: d["knobs"]["inference.quantization"].update(choices=["none", "int3"]), "knobs.inference.quantization.choices"),
     (lambda d: d["knobs"]["model.layers_removed"].update(high=-1), "knobs.model.layers_removed.high"),
     (lambda d: d["knobs"]["training.learning_rate"].update(low=0.0), "knobs.training.learning_rate.low"),
     (lambda d: d["knobs"]["training.epochs"].update(step="x", log=True), "knobs.training.epochs.step"),

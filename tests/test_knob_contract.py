@@ -43,6 +43,18 @@ def lm_harness():
     return CausalLMPipeline(CausalLMPipeline.validate_options(dict(F.LM_OPTIONS)))
 
 
+# image-classification on 300 digits at 12 x 12, 4 tiny stages (a stage per channel-pruning knob): ~1 s a trial
+VISION_OPTIONS = {"max_examples": 300, "widths": [4, 8, 8, 8], "blocks": [2, 2, 1, 1], "calibration_samples": 32}
+VISION_BASELINE = {"data.input_resolution": 12}
+
+
+@pytest.fixture(scope="module")
+def vision_harness():
+    from pipelines.image_classification import ImageClassificationPipeline
+
+    return ImageClassificationPipeline(ImageClassificationPipeline.validate_options(dict(VISION_OPTIONS)))
+
+
 @pytest.fixture(scope="module")
 def runtime():
     return Runtime(device="cpu", cpu_count=len(os.sched_getaffinity(0)), gpu_count=0)
@@ -61,6 +73,8 @@ def cached_run(pipeline, overrides, runtime):
     """Baselines repeat across knobs (same companions): run each distinct trial once per session."""
     import torch
 
+    if pipeline.name == "image-classification":  # small images: its own tiny baseline
+        overrides = {**{k: v for k, v in VISION_BASELINE.items() if k not in overrides}, **overrides}
     key = (pipeline.name, *sorted(overrides.items(), key=repr))
     if key not in _runs:
         torch.set_num_threads(runtime.cpu_count)
@@ -68,8 +82,10 @@ def cached_run(pipeline, overrides, runtime):
     return _runs[key]
 
 
-def _pipeline_for(name, harness, lm_harness):
+def _pipeline_for(name, harness, lm_harness, vision_harness):
     if name in ON_LANGUAGE_MODEL or name not in harness.knobs:
+        if name not in lm_harness.knobs and name in vision_harness.knobs:  # the vision knobs
+            return vision_harness
         return lm_harness
     return harness
 
@@ -80,10 +96,10 @@ def test_every_knob_describes_itself(name):
 
 
 @pytest.mark.parametrize("name", KNOBS)
-def test_every_knob_takes_effect_or_is_refused_here(name, harness, lm_harness, runtime):
+def test_every_knob_takes_effect_or_is_refused_here(name, harness, lm_harness, vision_harness, runtime):
     if name in SEPARATE_PROCESS:
         pytest.skip("covered by test_interop_threads_in_a_fresh_process")
-    pipeline = _pipeline_for(name, harness, lm_harness)
+    pipeline = _pipeline_for(name, harness, lm_harness, vision_harness)
     if name not in pipeline.knobs:
         pytest.skip(f"{name} is not used by a built-in pipeline")
     C.check_knob(name, pipeline, runtime, run=cached_run)

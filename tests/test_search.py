@@ -58,14 +58,16 @@ def test_search_baseline_front_and_mlflow(exp_path):
     assert {int(r.data.tags["trial"]) for r in runs} == {r.trial for r in published.rows}
     child = tracker.client.get_run(t0.user_attrs["mlflow_run_id"])
     assert child.data.params["model.layers_removed"] == "0"
-    assert {"energy_j.total", "energy_j.training", "time_s.inference", "quality.validation.macro_f1", "quality.test.macro_f1",
-            "energy_saving_pct", "quality_retained_pct"} <= set(child.data.metrics)
+    assert {"energy/total_j", "energy/training_j", "time/inference_s", "quality/validation_macro_f1",
+            "quality/test_macro_f1", "result/energy_saving_pct", "result/quality_retained_pct"} <= set(child.data.metrics)
     assert child.data.tags["provenance"] == "modelled" and child.data.tags["meter"] == "cpu-model"
 
 
-def test_rerun_adds_trials_to_the_same_study_and_parent_run(exp_path):
+def test_rerun_continues_the_same_study_and_parent_run_up_to_its_total_budget(exp_path):
     run_search(exp_path, trials=2)
-    exp, outcome, _, tracker = run_search(exp_path, trials=2)
+    _, again, _, _ = run_search(exp_path, trials=2)
+    assert again.ran == 0  # the budget is the study's total: nothing left to do
+    exp, outcome, _, tracker = run_search(exp_path, trials=4)
     trials = outcome.study.get_trials()
     assert len(trials) == 4
     assert sum(bool(t.user_attrs.get("baseline")) for t in trials) == 1  # the baseline is not re-run
@@ -84,7 +86,7 @@ def test_failing_trial_is_recorded_and_search_goes_on(tmp_path, tiny_model_dir, 
     study = search.open_study(load_experiment(path))
     study.enqueue_trial({"model.layers_removed": 2})
     study.enqueue_trial({"model.layers_removed": 1})
-    exp, outcome, _, tracker = run_search(path, trials=2)
+    exp, outcome, _, tracker = run_search(path, trials=3)  # the study's total
     states = {t.params["model.layers_removed"]: t for t in outcome.study.get_trials()}
     assert states[0].state == TrialState.COMPLETE and states[1].state == TrialState.COMPLETE
     failed = states[2]
@@ -100,7 +102,7 @@ def test_infeasible_combination_is_recorded_not_crashing(tmp_path, tiny_model_di
                             knobs={"training.precision": {"default": "fp32", "choices": ["fp32", "fp16"]}})
     run_search(path, trials=1)  # the baseline
     search.open_study(load_experiment(path)).enqueue_trial({"training.precision": "fp16"})
-    exp, outcome, _, tracker = run_search(path, trials=1)
+    exp, outcome, _, tracker = run_search(path, trials=2)
     fp16 = next(t for t in outcome.study.get_trials() if t.params["training.precision"] == "fp16")
     assert fp16.state == TrialState.FAIL
     assert fp16.user_attrs["fail_reason"].startswith("infeasible: ")

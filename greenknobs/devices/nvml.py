@@ -48,7 +48,10 @@ def probe_nvml() -> Availability:
         return Availability(False, f"NVML library not found or no NVIDIA driver ({exc})")
     try:
         count = nv.nvmlDeviceGetCount()
-        visible = visible_gpu_indices(count)
+        try:
+            visible = visible_handles(nv)
+        except nv.NVMLError as exc:  # a UUID in CUDA_VISIBLE_DEVICES that NVML does not know
+            return Availability(False, f"CUDA_VISIBLE_DEVICES names a GPU NVML does not know ({exc})")
         if not visible:
             return Availability(False, f"NVML sees {count} GPU(s), none visible via CUDA_VISIBLE_DEVICES")
         return Availability(True, f"{len(visible)} visible NVIDIA GPU(s) via NVML")
@@ -59,3 +62,21 @@ def probe_nvml() -> Availability:
 def text(value: Any) -> str:
     """NVML returns bytes from some bindings and str from others."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def visible_handles(nv) -> list[tuple[str, Any]]:
+    """(label, handle) of every GPU this process may use. NVML ignores CUDA_VISIBLE_DEVICES, so it is
+    resolved here: index entries by index, ``GPU-...``/``MIG-...`` entries by UUID (how a worker
+    bound to one GPU names it, stable across reboots and enumeration order)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = nv.nvmlDeviceGetCount()
+    if visible is None or not visible.strip().startswith(("GPU-", "MIG-")):
+        return [(f"gpu{i}", nv.nvmlDeviceGetHandleByIndex(i)) for i in visible_gpu_indices(count)]
+    out = []
+    for tok in visible.split(","):
+        tok = tok.strip()
+        if not tok.startswith(("GPU-", "MIG-")):
+            break
+        handle = nv.nvmlDeviceGetHandleByUUID(tok)
+        out.append((f"gpu{nv.nvmlDeviceGetIndex(handle)}", handle))
+    return out

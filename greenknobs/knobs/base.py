@@ -111,6 +111,7 @@ class Knob(ABC):
     # A non-default value for the contract test, and the other knob values it needs to act.
     example: ClassVar[Any]
     example_with: ClassVar[dict[str, Any]] = {}
+    affects_output: ClassVar[bool] = True  # False: changes cost, not results (threads): phase reuse keys
     # Within a phase, knobs apply in ascending ``order`` (stable): settings another knob of the
     # same phase reads (e.g. the pruning method read by model.layers_removed) go first.
     order: ClassVar[int] = 0

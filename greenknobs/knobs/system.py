@@ -14,6 +14,7 @@ from greenknobs.runtime import usable_cores
 
 @register
 class Threads(Knob):
+    affects_output = False  # cost only: the trained model is the same
     name = "system.threads"
     default = usable_cores()  # torch's own default: one thread per usable core
     space = Space(choices=tuple(sorted({1, 2, 4, 8, default})))
@@ -54,6 +55,7 @@ class TrainBatchSize(SettingKnob):
 
 @register
 class InteropThreads(Knob):
+    affects_output = False  # cost only: the trained model is the same
     name = "system.interop_threads"
     default = torch.get_num_interop_threads()  # read once at import, before any parallel work
     space = Space(choices=tuple(sorted({1, 2, 4, default})))
@@ -79,6 +81,7 @@ class InteropThreads(Knob):
 
 @register
 class DataloaderWorkers(SettingKnob):
+    affects_output = False  # cost only: the trained model is the same
     name = "system.dataloader_workers"
     default = 0
     space = Space(choices=(0, 1, 2))
@@ -118,6 +121,7 @@ class Compile(CompileSetting):
 
 @register
 class GpuPowerLimit(Knob):
+    affects_output = False  # cost only: the trained model is the same
     name = "system.gpu_power_limit"
     default = 1.0  # 1.0: the limit is not touched at all
     space = Space(choices=(0.5, 0.6, 0.7, 0.8, 0.9, 1.0))

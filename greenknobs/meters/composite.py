@@ -8,6 +8,7 @@ component is *modelled*, never "measured".
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from greenknobs.meters.base import Availability, EnergyMeter
@@ -23,6 +24,8 @@ def gpu_meter_choice() -> tuple[str | None, str]:
     gpu = NvmlMeter.probe()
     if not gpu.available:
         return None, gpu.reason
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").startswith(("GPU-", "MIG-")):
+        return "nvml", gpu.reason  # a worker bound by UUID: our NVML meter resolves UUIDs itself
     return ("zeus" if ZeusMeter.probe().available else "nvml"), gpu.reason
 
 

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,11 +37,42 @@ DEFAULT_PARAMS = {"watts_per_busy_core": 4.0, "watts_per_gb": 0.375, "base_watts
 SAMPLE_S = 0.5  # RSS sampling period; window edges are always sampled as well
 
 
-def _descendants(me: psutil.Process) -> list[psutil.Process]:
+_PROC_CHILDREN = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+def _child_pids(pid: int) -> list[int]:
+    """Children of ``pid`` from /proc/<pid>/task/*/children: a few small reads, where psutil's
+    children() reads every process's stat file on the host (slow with many workers per host)."""
+    pids: list[int] = []
     try:
-        return me.children(recursive=True)
-    except psutil.Error:
-        return []
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                pids.extend(int(x) for x in fh.read().split())
+        except OSError:  # the thread or process ended meanwhile
+            continue
+    return pids
+
+
+def _descendants(me: psutil.Process) -> list[psutil.Process]:
+    if not _PROC_CHILDREN:  # no such file (non-Linux, or a kernel without CONFIG_PROC_CHILDREN)
+        try:
+            return me.children(recursive=True)
+        except psutil.Error:
+            return []
+    out: list[psutil.Process] = []
+    todo = _child_pids(me.pid)
+    while todo:
+        pid = todo.pop()
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.Error:  # gone between listing and reading: its time is with whoever reaped it
+            continue
+        todo.extend(_child_pids(pid))
+    return out
 
 
 def tree_cpu_seconds(me: psutil.Process | None = None) -> float:

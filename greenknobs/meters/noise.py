@@ -57,36 +57,48 @@ def relative_spread(m: Measurement) -> float:
     return m.spread_j / m.energy_j if m.energy_j > 0 else 0.0
 
 
+Aborted = Callable[[Measurement], None]
+
+
 def measure_window(meter: EnergyMeter, key: str, run: Callable[[], None],
-                   min_window: float = 0.0) -> tuple[Measurement, int]:
+                   min_window: float = 0.0, on_abort: Aborted | None = None) -> tuple[Measurement, int]:
     """One window around ``run``, repeated inside the window until it lasts ``min_window`` s.
 
-    Returns the per-run measurement and the number of runs the window held.
+    Returns the per-run measurement and the number of runs the window held. When ``run`` raises,
+    the window still closes, and ``on_abort`` receives what was spent up to the failure (a failed
+    trial's energy belongs in the search's cost) before the exception goes on.
     """
     runs = 0
-    with meter.window(key) as w:
-        start = time.perf_counter()
-        while True:
-            run()
-            runs += 1
-            if time.perf_counter() - start >= min_window:
-                break
-    return per_run(w.measurement, runs), runs
+    window = None
+    try:
+        with meter.window(key) as window:
+            start = time.perf_counter()
+            while True:
+                run()
+                runs += 1
+                if time.perf_counter() - start >= min_window:
+                    break
+    except BaseException:
+        if on_abort is not None and window is not None and window._measurement is not None:
+            on_abort(window._measurement)
+        raise
+    return per_run(window.measurement, runs), runs
 
 
 def measure_phase(meter: EnergyMeter, key: str, run: Callable[[], None], *, repeatable: bool,
-                  repeats: int = 1, spread_warning: float = 0.10) -> tuple[Measurement, dict[str, Any]]:
+                  repeats: int = 1, spread_warning: float = 0.10,
+                  on_abort: Aborted | None = None) -> tuple[Measurement, dict[str, Any]]:
     """Measure one phase under the rules above; returns the measurement and facts for its details."""
     floor = min_window_s(meter)
     if not repeatable:
-        m, _ = measure_window(meter, key, run)
+        m, _ = measure_window(meter, key, run, on_abort=on_abort)
         details: dict[str, Any] = {"min_window_s": floor}
         if m.time_s < floor:
             details["below_resolution"] = True
         return m, details
     samples, per_window = [], []
     for _ in range(max(1, repeats)):
-        m, n = measure_window(meter, key, run, floor)
+        m, n = measure_window(meter, key, run, floor, on_abort=on_abort)
         samples.append(m)
         per_window.append(n)
     m = aggregate(samples)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from greenknobs.devices.nvml import nvml as _nvml
-from greenknobs.devices.nvml import probe_nvml, text, visible_gpu_indices
+from greenknobs.devices.nvml import probe_nvml, text, visible_handles
 from greenknobs.meters.base import Availability, EnergyMeter, WindowRegistry, cuda_synchronize
 from greenknobs.phases import MEASURED, Measurement
 
@@ -63,12 +63,15 @@ class NvmlMeter(EnergyMeter):
                  synchronize: Callable[[], None] | None = cuda_synchronize):
         self._nv = _nvml()
         self._nv.nvmlInit()
-        count = self._nv.nvmlDeviceGetCount()
-        self._indices = list(gpu_indices) if gpu_indices is not None else visible_gpu_indices(count)
-        if not self._indices:
+        if gpu_indices is not None:
+            visible = [(f"gpu{i}", self._nv.nvmlDeviceGetHandleByIndex(i)) for i in gpu_indices]
+        else:  # CUDA_VISIBLE_DEVICES resolved here, indices or UUIDs (NVML itself ignores it)
+            visible = visible_handles(self._nv)
+        if not visible:
             self._nv.nvmlShutdown()
             raise ValueError("nvml: no GPU to measure (check CUDA_VISIBLE_DEVICES / gpu_indices)")
-        self._handles = [self._nv.nvmlDeviceGetHandleByIndex(i) for i in self._indices]
+        self._labels = [label for label, _ in visible]
+        self._handles = [h for _, h in visible]
         self._methods = [COUNTER if self._has_counter(h) else SAMPLES for h in self._handles]
         sampled = [h for h, m in zip(self._handles, self._methods) if m == SAMPLES]
         self._sample_period_s = sample_period_s
@@ -92,8 +95,8 @@ class NvmlMeter(EnergyMeter):
         self._sync = sync
 
     def params(self) -> dict[str, Any]:
-        methods = {f"gpu{i}": m for i, m in zip(self._indices, self._methods)}
-        out: dict[str, Any] = {"method": methods, "gpu_indices": self._indices}
+        methods = dict(zip(self._labels, self._methods))
+        out: dict[str, Any] = {"method": methods, "gpu_indices": [int(label[3:]) for label in self._labels]}
         if SAMPLES in self._methods:
             out["sample_period_s"] = self._sample_period_s
         return out
@@ -115,7 +118,7 @@ class NvmlMeter(EnergyMeter):
         e1 = self.read_mj()
         t0, e0 = self._windows.close(key)
         wall = time.perf_counter() - t0
-        per_gpu = {f"gpu{i}": (b - a) / 1000.0 for i, a, b in zip(self._indices, e0, e1)}
+        per_gpu = {label: (b - a) / 1000.0 for label, a, b in zip(self._labels, e0, e1)}
         total = sum(per_gpu.values())
         return Measurement(
             energy_j=total, time_s=wall, provenance=MEASURED, meter=self.name,
@@ -127,9 +130,9 @@ class NvmlMeter(EnergyMeter):
     def power_limits_w(self) -> list[dict[str, Any]]:
         """Read-only: current, default and allowed power limits per visible GPU. Never sets anything."""
         out = []
-        for i, h in zip(self._indices, self._handles):
+        for label, h in zip(self._labels, self._handles):
             lo, hi = self._nv.nvmlDeviceGetPowerManagementLimitConstraints(h)
-            out.append({"gpu": i, "name": text(self._nv.nvmlDeviceGetName(h)),
+            out.append({"gpu": int(label[3:]), "name": text(self._nv.nvmlDeviceGetName(h)),
                         "limit_w": self._nv.nvmlDeviceGetPowerManagementLimit(h) / 1000.0,
                         "default_w": self._nv.nvmlDeviceGetPowerManagementDefaultLimit(h) / 1000.0,
                         "min_w": lo / 1000.0, "max_w": hi / 1000.0})

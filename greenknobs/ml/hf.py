@@ -42,6 +42,19 @@ def resolve_model_dir(spec: str, key: str = "pipeline.model") -> Path:
     return path
 
 
+def block_count(model_dir: Path) -> int | None:
+    """How many transformer blocks a saved model has (its config's ``num_hidden_layers``), read
+    without loading it: for checks before a trial runs."""
+    import json
+
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    n = config.get("num_hidden_layers", config.get("n_layer"))
+    return int(n) if isinstance(n, int) else None
+
+
 def load_tokenizer(model_dir: Path):
     return _transformers().AutoTokenizer.from_pretrained(str(model_dir))
 

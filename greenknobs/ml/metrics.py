@@ -1,4 +1,4 @@
-"""Quality metrics and splits (scikit-learn is imported here only)."""
+"""Quality metrics, splits and scikit-learn's bundled digits images (scikit-learn is imported here only)."""
 
 from __future__ import annotations
 
@@ -55,13 +55,6 @@ def trivial_scores(y_train: Sequence[int], y_true: Sequence[int], seed: int = 0)
     return out
 
 
-def classification_scores(y_train: Sequence[int], y_true: Sequence[int], y_pred: Sequence[int],
-                          seed: int = 0) -> dict[str, float]:
-    """Macro-F1, accuracy and the trivial baselines on one split."""
-    return {"macro_f1": macro_f1(y_true, y_pred), "accuracy": accuracy(y_true, y_pred),
-            **trivial_scores(y_train, y_true, seed)}
-
-
 def stratified_split(examples: list[dict[str, Any]], fractions: tuple[float, float, float], seed: int):
     """Seeded split of examples (dicts with a ``label``) into train/validation/test, stratified by label."""
     train_f, val_f, test_f = fractions
@@ -72,3 +65,13 @@ def stratified_split(examples: list[dict[str, Any]], fractions: tuple[float, flo
     train, val = train_test_split(rest, test_size=val_f / (train_f + val_f),
                                   stratify=[e["label"] for e in rest], random_state=seed)
     return train, val, test
+
+
+def load_digits() -> tuple[Any, list[int]]:
+    """scikit-learn's bundled handwritten digits (offline): 1,797 images of 8x8 pixels in 0..16, labels 0..9.
+    Returns the images as a float32 array of shape (n, 8, 8) and the labels."""
+    import numpy as np
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return np.asarray(bunch.images, dtype=np.float32), [int(t) for t in bunch.target]

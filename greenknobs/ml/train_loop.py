@@ -145,6 +145,7 @@ def train(ctx, task: Task) -> None:
     rng = random.Random(ctx.seed)
     plans = [task.batch_plan(ctx, batch_size, rng) for _ in range(epochs)]
     micro_per_epoch = len(plans[0])
+    total_micro = max(1, sum(len(p) for p in plans))
     total_steps = sum(math.ceil(len(p) / accumulate) for p in plans)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / max(total_steps, 1)))
     scaler = torch.amp.GradScaler(device) if precision == "fp16" else None
@@ -194,6 +195,8 @@ def train(ctx, task: Task) -> None:
             micro += 1
             seen += batch["rows"]
             rows_total += batch["rows"]
+            if ctx.progress_check is not None:  # the search may stop a hopeless trial here (HopelessTrial)
+                ctx.progress_check(micro / total_micro, lambda: _validate(task, ctx, model))
             if micro % accumulate == 0 or i == len(plans[epoch]) - 1:
                 if scaler:
                     scaler.step(optimizer)
@@ -257,6 +260,14 @@ def count_top_block(model: nn.Module):
     top = stack[len(stack) - 1]
     with probes.count_forward_calls(next(top.children(), top)) as counter:
         yield counter
+
+
+def _validate(task: Task, ctx, model: nn.Module) -> float:
+    """Validation quality now (higher is better), leaving the model in training mode."""
+    try:
+        return task.validate(ctx, model)
+    finally:
+        model.train()
 
 
 def _snapshot(model: nn.Module, extra: list[nn.Module]) -> list[dict[str, torch.Tensor]]:

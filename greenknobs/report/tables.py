@@ -70,3 +70,24 @@ def render_front(front_rows: list[TrialRow]) -> str:
         elif col.startswith(("energy", "quality_retained", "time_s")) and col != "energy_scope":
             df[col] = df[col].astype(float).round(1)
     return df.to_string(index=False)
+
+
+def front_markdown(front_rows: list[TrialRow], all_rows: list[TrialRow], title: str) -> str:
+    """The front as a Markdown table (the MLflow experiment description shows it above the runs)."""
+    done = [r for r in all_rows if r.state == "COMPLETE"]
+    base = next((r for r in done if r.baseline), None)
+    lines = [f"### {title}", ""]
+    if not front_rows:
+        return "\n".join(lines + ["No feasible trial yet."])
+    metric = front_rows[0].metric
+    prov = "/".join(sorted({r.provenance for r in front_rows if r.provenance}))
+    lines.append(f"Feasible Pareto front from Optuna: {len(front_rows)} of {len(all_rows)} trials. Energy {prov} by "
+                 f"{'/'.join(sorted({r.meter for r in front_rows if r.meter}))}; {metric} chosen on validation, "
+                 f"test held out.")
+    lines += ["", f"| trial | {energy_column(front_rows)} | saved | {metric} validation | {metric} test | knobs changed |",
+              "|---:|---:|---:|---:|---:|---|"]
+    for r in front_rows:
+        changed = ", ".join(f"{k}={v}" for k, v in r.knobs.items() if base is not None and base.knobs.get(k) != v)
+        lines.append(f"| {r.trial} | {r.energy_j:.1f} | {r.energy_saving_pct:.1f} % | {r.validation_quality:.4f} | "
+                     f"{(r.test_quality or 0):.4f} | {changed or 'baseline'} |")
+    return "\n".join(lines)

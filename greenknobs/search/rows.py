@@ -9,7 +9,7 @@ from greenknobs.records import TrialRow
 from greenknobs.search.study import FrozenTrial, Study, front_trials
 
 
-def trial_row(t: FrozenTrial, exp: Experiment) -> TrialRow:
+def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow:
     s: dict[str, Any] = t.user_attrs.get("summary", {})
     result = t.user_attrs.get("result", {})
     phases = result.get("phases", {})
@@ -36,6 +36,8 @@ def trial_row(t: FrozenTrial, exp: Experiment) -> TrialRow:
         meter_params=meter_params,
         phase_energy_j={name: p.get("energy_j") for name, p in phases.items()},
         phase_provenance={name: p.get("provenance") for name, p in phases.items()},
+        phases_below_resolution=[name for name, p in phases.items()
+                                 if ((p.get("details") or {}).get("measurement") or {}).get("below_resolution")],
         carbon_g=s.get("carbon_g", {}).get("total"),
         carbon_g_per_phase=s.get("carbon_g", {}),
         carbon_source=(result.get("carbon") or {}).get("source"),
@@ -43,12 +45,20 @@ def trial_row(t: FrozenTrial, exp: Experiment) -> TrialRow:
         time_s=s.get("time_s"),
         fail_reason=t.user_attrs.get("fail_reason"),
         mlflow_run_id=t.user_attrs.get("mlflow_run_id"),
+        spent_j=float((t.user_attrs.get("spent") or {}).get("energy_j", 0.0)),
+        duplicate_of=t.user_attrs.get("duplicate_of"),
+        reused_from=(result.get("reuse") or {}).get("from_trial") if (result.get("reuse") or {}).get("status") == "reused"
+        else None,
+        stop_reason=t.user_attrs.get("stop_reason"),
+        variant_of=t.user_attrs.get("variant_of"),
+        study=study_name,
+        ablation=t.user_attrs.get("ablation"),
     )
 
 
 def all_rows(study: Study, exp: Experiment) -> list[TrialRow]:
-    return [trial_row(t, exp) for t in study.get_trials(deepcopy=False)]
+    return [trial_row(t, exp, study.study_name) for t in study.get_trials(deepcopy=False)]
 
 
 def front_rows(study: Study, exp: Experiment) -> list[TrialRow]:
-    return [trial_row(t, exp) for t in front_trials(study)]
+    return [trial_row(t, exp, study.study_name) for t in front_trials(study)]

@@ -9,6 +9,7 @@ storage is the record: nothing lives only in this process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -21,57 +22,75 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from greenknobs.config import Experiment
 from greenknobs.errors import ConfigError, GreenknobsError
 from greenknobs.knobs.base import KnobSetting
+from greenknobs.urls import mask_password, normalise_db_url, sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and the retry callback are marked experimental; they are what makes dead workers recoverable.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# our own loop asks and tells (to keep the budget exact across workers) and beats the heartbeat itself
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
-HEARTBEAT_S = 30  # a worker that stops beating for GRACE_S has died: its trial is failed and re-queued
-GRACE_S = 90
+# A running trial's worker records a heartbeat every HEARTBEAT_S; a trial silent for GRACE_S is
+# taken for dead, failed and re-queued. The beat runs on its own thread (it goes on through hour-long
+# GPU trials); the grace covers database hiccups. Override: --heartbeat-s / --grace-s.
+HEARTBEAT_S = 30
+GRACE_S = 300
 
 Study = optuna.Study
 __all__ = ["Study", "Trial", "FrozenTrial", "TrialState", "TrialPruned", "make_storage", "mask_password",
            "open_study", "suggest", "baseline_trial", "ensure_baseline_queued", "requeue_interrupted",
-           "front_trials", "finished_count", "completed_twin"]
+           "front_trials", "finished_count", "completed_twin", "budget_used", "baseline_state", "ask", "tell",
+           "fail_dead", "sampler_seed"]
 TrialPruned = optuna.TrialPruned
 
 
 # -- storage ---------------------------------------------------------------------------------
-def make_storage(url: str) -> RDBStorage:
-    """Any SQLAlchemy URL; SQLite files get their folder created. Heartbeats catch dead workers."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+def make_storage(url: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> RDBStorage:
+    """Any SQLAlchemy URL (the PostgreSQL driver normalised); SQLite files get their folder created.
+
+    No stale-trial callback: Optuna's retry callback copies the dead attempt's user attributes
+    (its MLflow run, its energy) into the retry; the janitor (runner.py) re-queues with fresh ones."""
+    url = normalise_db_url(url, "storage")
+    path = sqlite_path(url)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         return RDBStorage(
             url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            heartbeat_interval=max(1, int(heartbeat_s)),
+            grace_period=max(2, int(grace_s)),
+            engine_kwargs={"pool_pre_ping": True} if path is None else None,
         )
     except Exception as exc:  # SQLAlchemy/driver errors: bad URL, server down, auth
-        raise GreenknobsError(f"cannot open storage {mask_password(url)}: {str(exc).splitlines()[0]}") from None
+        raise GreenknobsError(f"cannot open storage {mask_password(url)}: {_first_line(exc)}") from None
 
 
-def mask_password(url: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
-    head, sep, tail = url.partition("://")
-    if "@" in tail and ":" in tail.split("@", 1)[0]:
-        user = tail.split("@", 1)[0].split(":", 1)[0]
-        return f"{head}{sep}{user}:***@{tail.split('@', 1)[1]}"
-    return url
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return mask_password(text.splitlines()[0]) if text else type(exc).__name__
 
 
 # -- sampler -----------------------------------------------------------------------------------
-def _sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
+def sampler_seed(exp: Experiment, worker_index: int) -> int:
+    """The seed stream of the ``worker_index``-th process to work on a study: the experiment's own
+    seed for the first (a fresh single-process study is reproducible), a distinct one for every
+    later worker or resumed run (so parallel and resumed runs never repeat suggestions)."""
+    return exp.seed if worker_index == 0 else (exp.seed * 1_000_003 + 7919 * worker_index) % (2**31 - 1)
+
+
+def _sampler(exp: Experiment, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    seed = exp.seed if seed is None else seed
     if exp.sampler == "tpe":
         # Few trials: start modelling early (default 10 random starts would be most of the budget).
-        return optuna.samplers.TPESampler(seed=exp.seed, multivariate=True, n_startup_trials=min(10, max(4, exp.trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(4, exp.trials // 3)))
     if exp.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=exp.seed, population_size=max(4, min(20, exp.trials // 2)))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, exp.trials // 2)))
+    if exp.sampler == "gp":  # Gaussian process, log expected hypervolume improvement (needs scipy and torch)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(4, exp.trials // 3)),
+                                         warn_independent_sampling=False)
     if exp.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=exp.seed)
-    return optuna.samplers.GridSampler(_grid(exp), seed=exp.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.GridSampler(_grid(exp), seed=seed)
 
 
 def _grid(exp: Experiment) -> dict[str, list[Any]]:
@@ -102,8 +121,9 @@ def _fingerprint(exp: Experiment) -> dict[str, Any]:
     }
 
 
-def open_study(exp: Experiment, create: bool = True) -> optuna.Study:
-    storage = make_storage(exp.storage)
+def open_study(exp: Experiment, create: bool = True, heartbeat_s: float = HEARTBEAT_S,
+               grace_s: float = GRACE_S) -> optuna.Study:
+    storage = make_storage(exp.storage, heartbeat_s, grace_s)
     directions = ["minimize", exp.objectives.quality_direction]
     if not create:
         try:
@@ -145,31 +165,60 @@ def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
     return None
 
 
-def ensure_baseline_queued(study: optuna.Study, exp: Experiment) -> None:
+def ensure_baseline_queued(study: optuna.Study, exp: Experiment, user_attrs: dict[str, Any] | None = None) -> None:
     """Enqueue the all-defaults trial unless the baseline already ran or is waiting."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)):
         if t.user_attrs.get("baseline"):
             return
-    study.enqueue_trial({s.name: s.default for s in exp.searched_knobs}, user_attrs={"baseline": True},
+    study.enqueue_trial({s.name: s.default for s in exp.searched_knobs}, user_attrs={"baseline": True, **(user_attrs or {})},
                         skip_if_exists=False)
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
+def enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+    study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
+
+
+def waiting_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def fail_dead(study: optuna.Study, gone) -> list[FrozenTrial]:
+    """Fail RUNNING trials whose worker died: silent longer than the grace period (Optuna's stale
+    check), or -- at once -- recorded by a worker of this host that no longer exists (``gone``)."""
+    storage = study._storage
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if gone(t.user_attrs.get("worker") or {}):
+            with contextlib.suppress(Exception):  # it may have finished or been failed concurrently
+                storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
+
+
+MAX_ATTEMPTS = 3  # a trial cut off this many times (its worker killed each time) is not tried again
+
+
+def requeue_interrupted(study: optuna.Study, only_baseline: bool = False) -> int:
     """Re-queue, with the same knob values, trials that were cut off (Ctrl-C, a killed worker).
 
-    Failed trials with a recorded reason failed for real and are left alone; a stale RUNNING
-    trial (no heartbeat for GRACE_S) is first marked failed by Optuna.
-    """
-    optuna.storages.fail_stale_trials(study)
+    Failed trials with a recorded reason failed for real and are left alone. A retry starts with
+    fresh attributes: only its role in a plan is carried over, never the dead attempt's MLflow
+    run or energy (the attempt keeps those: its energy still counts in the search's cost). A
+    combination whose worker died ``MAX_ATTEMPTS`` times is not queued again (something about it
+    kills workers: an out-of-memory kill, say)."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials} | {
         RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
     count = 0
     for t in trials:
-        # The baseline is re-queued by ensure_baseline_queued; re-queuing it here would run it twice.
+        if only_baseline and not t.user_attrs.get("baseline"):
+            continue
+        attempt = int(t.user_attrs.get("attempt", 1))
         if t.state == TrialState.FAIL and "fail_reason" not in t.user_attrs and t.number not in retried \
-                and "retry_of" not in t.user_attrs and not t.user_attrs.get("baseline"):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                and attempt < MAX_ATTEMPTS:
+            carried = {k: t.user_attrs[k] for k in ("ablation", "baseline", "variant_of") if k in t.user_attrs}  # its role
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt + 1, **carried},
+                                skip_if_exists=False)
             count += 1
     return count
 
@@ -184,10 +233,101 @@ def completed_twin(study: optuna.Study, values: dict[str, Any], number: int) -> 
     return None
 
 
+def running_twin(study: optuna.Study, values: dict[str, Any], number: int) -> FrozenTrial | None:
+    """An earlier-numbered trial running these exact knob values now (another worker drew the same
+    combination). Only earlier ones: two twins never wait for each other."""
+    key = json.dumps(values, sort_keys=True, default=str)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number < number and json.dumps(t.user_attrs.get("knob_values"), sort_keys=True, default=str) == key:
+            return t
+    return None
+
+
+def overhead_j(study: optuna.Study) -> float:
+    """Energy spent outside trials (warm-up runs), as recorded on the study."""
+    return float(sum(e.get("energy_j", 0.0) for e in study.user_attrs.get("overhead", [])))
+
+
+def failed_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def spent_j(study: optuna.Study) -> float:
+    """Every joule the study has spent: each trial's ``spent`` (complete, failed, stopped or cut
+    off -- what ran counts), plus the warm-ups. Reused results count what loading them cost."""
+    trials = sum(float((t.user_attrs.get("spent") or {}).get("energy_j", 0.0)) for t in study.get_trials(deepcopy=False))
+    return trials + overhead_j(study)
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Trials that count against the study's total budget: completed, pruned, failed for a reason,
+    and running (a trial cut off by a dead worker stops counting when it is failed and its retry
+    starts counting when it runs)."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) or (
+                t.state == TrialState.FAIL and "fail_reason" in t.user_attrs):
+            n += 1
+    return n
+
+
+def baseline_state(study: optuna.Study) -> str:
+    """"complete", "running", "waiting", "failed" or "none" for the study's baseline trial."""
+    states = [t.state for t in study.get_trials(deepcopy=False) if t.user_attrs.get("baseline")]
+    for state, name in ((TrialState.COMPLETE, "complete"), (TrialState.RUNNING, "running"),
+                        (TrialState.WAITING, "waiting"), (TrialState.FAIL, "failed")):
+        if state in states:
+            return name
+    return "none"
+
+
+def ask(study: optuna.Study) -> Trial:
+    # our own loop heartbeats its trials (coordination.Heartbeat); Optuna warns that only optimize() does
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
+def tell(study: optuna.Study, trial: Trial, values: tuple[float, float] | None, pruned: bool = False) -> None:
+    """Record a trial's outcome: its objective values, PRUNED (stopped on purpose), or FAIL."""
+    if pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    elif values is None:
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, list(values))
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The feasible Pareto front as Optuna computes it, ordered by energy."""
     return sorted(study.best_trials, key=lambda t: t.values[0])
+
+
+def importances(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Knob importance per objective (Optuna's default evaluator, PED-ANOVA in Optuna 5), over the
+    completed trials. Importance has no sign: it says how much a knob moved an objective, not which way.
+    Empty when there is too little to judge (fewer than two completed trials, or nothing varied)."""
+    out: dict[str, dict[str, float]] = {}
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 3 or len({json.dumps(t.params, sort_keys=True, default=str) for t in done}) < 2:
+        return out
+    # PED-ANOVA asks what makes the target *low*: a maximised quality is negated
+    signs = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in study.directions]
+    for i, name in enumerate(("energy", "quality")):
+        try:
+            out[name] = {k: float(v) for k, v in optuna.importance.get_param_importances(
+                study, target=lambda t, i=i: signs[i] * t.values[i]).items()}
+        except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. a parameter that never varied
+            out[name] = {}
+    return out
+
+
+def name_objectives(study: optuna.Study, exp: Experiment) -> None:
+    """Objective names Optuna Dashboard shows (instead of 'values_0', 'values_1')."""
+    names = [f"energy_j ({exp.objectives.energy_scope})", f"{exp.objectives.quality_metric} (validation)"]
+    if getattr(study, "metric_names", None) != names:
+        study.set_metric_names(names)

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 from greenknobs.devices.nvml import nvml
 
 
 class FakeGpu:
-    """Draws ``watts`` constantly; ``counter=False`` models a pre-Volta board (power readings only)."""
+    """Draws ``watts`` constantly; ``counter=False`` models a pre-Volta board (power readings only).
+    ``processes``: pids NVML reports as running on it (tests add a foreign one)."""
 
-    def __init__(self, watts: float, counter: bool = True):
+    def __init__(self, watts: float, counter: bool = True, uuid: str | None = None):
         self.watts, self.counter, self.t0 = watts, counter, time.perf_counter()
+        self.uuid = uuid
+        self.processes: list[int] = []
 
     def energy_mj(self) -> int:
         return int((time.perf_counter() - self.t0) * self.watts * 1000)
@@ -28,6 +32,15 @@ def install_fake_nvml(monkeypatch, gpus: list[FakeGpu]) -> list[str]:
 
     def not_supported(*_):
         raise nv.NVMLError(nv.NVML_ERROR_NOT_SUPPORTED)
+
+    for i, g in enumerate(gpus):
+        g.uuid = g.uuid or f"GPU-00000000-0000-0000-0000-{i:012d}"
+
+    def by_uuid(uuid):
+        for g in gpus:
+            if g.uuid == uuid:
+                return g
+        raise nv.NVMLError(nv.NVML_ERROR_NOT_FOUND)
 
     def energy(h):
         if not h.counter:
@@ -42,6 +55,11 @@ def install_fake_nvml(monkeypatch, gpus: list[FakeGpu]) -> list[str]:
         "nvmlDeviceGetArchitecture": lambda h: nv.NVML_DEVICE_ARCH_AMPERE if h.counter else nv.NVML_DEVICE_ARCH_PASCAL,
         "nvmlDeviceGetC2cModeInfoV": not_supported,
         "nvmlDeviceGetName": lambda h: b"Fake GPU",
+        "nvmlDeviceGetUUID": lambda h: h.uuid,
+        "nvmlDeviceGetIndex": lambda h: gpus.index(h),
+        "nvmlDeviceGetHandleByUUID": by_uuid,
+        "nvmlDeviceGetComputeRunningProcesses": lambda h: [SimpleNamespace(pid=p, usedGpuMemory=0) for p in h.processes],
+        "nvmlDeviceGetGraphicsRunningProcesses": lambda h: [],
         "nvmlDeviceGetPowerManagementLimitConstraints": lambda h: (100_000, 300_000),
         "nvmlDeviceGetPowerManagementLimit": lambda h: 250_000,
         "nvmlDeviceGetPowerManagementDefaultLimit": lambda h: 250_000,

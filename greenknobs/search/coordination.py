@@ -1,0 +1,241 @@
+"""Several workers, one study: cross-process locks, worker identity, heartbeats, and the janitor
+that recovers the trials of workers that died. The only module importing SQLAlchemy.
+
+* ``StudyLock`` -- mutual exclusion between every process working on one study: a PostgreSQL
+  advisory lock (keyed by the study name) or, for SQLite, a lock file beside the database. It
+  guards what must happen once (creating tables, the study, the MLflow parent run, queuing the
+  baseline) and the moment a worker takes a trial (so the trial budget is exact).
+* ``SqliteClaim`` -- SQLite is for one process: a second process on the same file is refused
+  with a clear message instead of corrupting or blocking.
+* ``Heartbeat`` -- a thread that records a running trial's heartbeat in the storage.
+* a worker's identity (host, pid, process start time) stored on every trial it runs, so a
+  restarted search on the same host recovers its own dead trials at once, without waiting for
+  the heartbeat grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy
+
+from greenknobs.errors import GreenknobsError
+from greenknobs.urls import mask_password, sqlite_path
+
+
+def _lock_key(study_name: str) -> int:
+    """A signed 64-bit key for pg_advisory_lock, stable across processes and machines."""
+    return int.from_bytes(hashlib.sha256(f"greenknobs:{study_name}".encode()).digest()[:8], "big", signed=True)
+
+
+class StudyLock:
+    """A cross-process lock for one study in one storage. Re-entrant within a thread."""
+
+    def __init__(self, storage_url: str, study_name: str):
+        self.url, self.study_name = storage_url, study_name
+        self._local = threading.local()
+        self._thread_lock = threading.RLock()  # threads of this process (the janitor) queue here first
+        self._engine = None
+        self._path: Path | None = None
+        path = sqlite_path(storage_url)
+        if path is not None:
+            self._path = Path(path + f".{hashlib.sha1(study_name.encode()).hexdigest()[:8]}.lock")
+        elif storage_url.startswith("postgresql"):
+            self._engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            depth = getattr(self._local, "depth", 0)
+            self._local.depth = depth + 1
+            try:
+                if depth:
+                    yield
+                elif self._engine is not None:
+                    with self._engine.connect() as conn:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(self.study_name)})
+                        try:
+                            yield
+                        finally:
+                            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.study_name)})
+                            conn.commit()
+                elif self._path is not None:
+                    self._path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(self._path, "a+") as fh:
+                        fcntl.flock(fh, fcntl.LOCK_EX)
+                        try:
+                            yield
+                        finally:
+                            fcntl.flock(fh, fcntl.LOCK_UN)
+                else:  # another database: no cross-process lock (concurrent *starts* may collide)
+                    yield
+            finally:
+                self._local.depth = depth
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def check_reachable(url: str, key: str) -> None:
+    """One quick connection, so an unreachable database is one clear line before anything starts."""
+    if not url.startswith(("postgresql", "mysql")):
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        raise GreenknobsError(f"{key}: cannot reach {mask_password(url)}: {first}") from None
+    finally:
+        engine.dispose()
+
+
+class SqliteClaim:
+    """Exclusive use of a SQLite file by this process (released at close or exit)."""
+
+    def __init__(self, url: str, what: str):
+        path = sqlite_path(url)
+        self._fh = None
+        if path is None:
+            return
+        lock = Path(path + ".gk-owner")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a+")  # noqa: SIM115 -- held open (and locked) for the life of the claim
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip() or "another process"
+            fh.close()
+            raise GreenknobsError(f"{what} {url} is in use by {owner}: SQLite serves one greenknobs process at a "
+                                  "time; for several workers use PostgreSQL (--storage postgresql://...) and an "
+                                  "MLflow tracking server (--mlflow-uri http://...)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"greenknobs pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        self._fh = fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a process (distinguishes a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def worker_identity() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": _start_time(pid)}
+
+
+def is_gone(identity: dict[str, Any]) -> bool:
+    """Whether the worker that recorded ``identity`` certainly died (known only on its own host)."""
+    if not identity or identity.get("host") != socket.gethostname():
+        return False
+    return _start_time(int(identity.get("pid", -1))) != identity.get("started")
+
+
+class Heartbeat:
+    """Records a running trial's heartbeat every ``interval_s`` until stopped."""
+
+    def __init__(self, storage, trial_id: int, interval_s: float):
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat is tolerated; the grace period is long
+                self._storage.record_heartbeat(self._trial_id)
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Periodic:
+    """Runs ``fn`` every ``interval_s`` in a daemon thread until closed (the janitor)."""
+
+    def __init__(self, fn, interval_s: float, name: str):
+        self._fn, self._interval = fn, interval_s
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._fn()
+            except Exception as exc:  # keep sweeping: a database hiccup must not kill the janitor
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def wait(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+class HostWorkers:
+    """How many greenknobs workers run on this host right now: each holds a locked file in a
+    shared folder for its lifetime; a file whose lock can be taken belongs to a worker that is gone."""
+
+    def __init__(self, folder: str | None = None):
+        self.folder = Path(folder or os.environ.get("GREENKNOBS_LOCK_DIR", "/tmp/greenknobs-workers"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._path = self.folder / f"{os.getpid()}.lock"
+        self._fh = open(self._path, "w")  # noqa: SIM115 -- held (and locked) for the worker's life
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def count(self) -> int:
+        live = 0
+        for path in self.folder.glob("*.lock"):
+            if path == self._path:
+                live += 1
+                continue
+            try:
+                with open(path, "a") as fh:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    path.unlink()  # its worker is gone
+            except BlockingIOError:
+                live += 1
+            except OSError:
+                continue
+        return live
+
+    def close(self) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+        with contextlib.suppress(OSError):
+            self._path.unlink()

@@ -1,0 +1,109 @@
+"""``greenknobs report``: gather a study (and its isolation study) into the sustainability report,
+write it under runs/<name>/report/, and log it to the study's parent MLflow run."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from greenknobs.config import Experiment
+from greenknobs.errors import GreenknobsError
+from greenknobs.meters import resolve
+from greenknobs.report import exports, html, markdown
+from greenknobs.report.build import Report, ReportInputs, build
+from greenknobs.runtime import machine
+from greenknobs.search import study as studies
+from greenknobs.search.ablation import isolation_experiment
+from greenknobs.search.publish import results_dir
+from greenknobs.search.rows import all_rows, front_rows
+from greenknobs.search.runner import study_carbon_intensity
+
+PACKAGES = ("greenknobs", "torch", "transformers", "optuna", "mlflow", "codecarbon", "zeus", "scikit-learn", "peft")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit(where: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    if out.returncode != 0:
+        return "not a git checkout"
+    return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
+
+
+def _baseline_facts(study) -> tuple[int | None, int | None]:
+    """(validation examples, predictions per trial) from the baseline's stored result."""
+    base = studies.baseline_trial(study)
+    if base is None:
+        return None, None
+    result = base.user_attrs.get("result", {})
+    examples = (result.get("phases", {}).get("data", {}).get("details", {}) or {}).get("examples") or {}
+    return examples.get("validation"), (result.get("samples") or {}).get("inference")
+
+
+def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
+    study = studies.open_study(exp, create=False)
+    iso_rows = []
+    overhead = {"search": studies.overhead_j(study), "isolation": 0.0}
+    try:
+        iso = isolation_experiment(exp)
+        iso_study = studies.open_study(iso, create=False)
+        iso_rows, overhead["isolation"] = all_rows(iso_study, iso), studies.overhead_j(iso_study)
+    except GreenknobsError:  # no isolation study yet: the report says how to get one
+        pass
+    source = Path(exp.source) if exp.source else None
+    mach = machine()
+    reproducibility: dict[str, Any] = {
+        **{f"version {k}": v for k, v in versions().items()}, "greenknobs": versions()["greenknobs"],
+        "seed": exp.seed, "sampler": exp.sampler, "study": exp.name, "storage": studies.mask_password(exp.storage),
+        "hardware": f"{mach['cpu']} ({mach['cores']} cores)" + (f", {', '.join(mach['gpus'])}" if mach["gpus"] else ""),
+        "os": mach["os"], "python": mach["python"],
+        "git commit": git_commit(source.parent if source else Path.cwd()),
+        "experiment_file": source.read_text(encoding="utf-8") if source and source.is_file() else "(not a file)",
+    }
+    carbon = {**study_carbon_intensity(exp), "country_iso_code": exp.carbon.country_iso_code, "region": exp.carbon.region}
+    stored_idle = next((t.user_attrs.get("result", {}).get("idle_power") for t in study.trials
+                        if t.user_attrs.get("result", {}).get("idle_power")), None)
+    inputs = ReportInputs(
+        name=exp.name, pipeline=exp.pipeline, metric=exp.objectives.quality_metric,
+        maximize=exp.objectives.quality_direction == "maximize", energy_scope=exp.objectives.energy_scope,
+        constraints={"min_quality_retained": exp.constraints.min_quality_retained,
+                     "beat_trivial_by": exp.constraints.beat_trivial_by},
+        searched=[s.name for s in exp.searched_knobs], baseline_values=exp.baseline_values(),
+        rows=all_rows(study, exp), front=front_rows(study, exp), isolation_rows=iso_rows,
+        importance=studies.importances(study), meter=resolve(exp.meter.name), carbon=carbon,
+        reproducibility=reproducibility, idle_power=stored_idle, experiment_command=exp.source or exp.name,
+        overhead_j=overhead)
+    validation_size, predictions = _baseline_facts(study)
+    return inputs, validation_size, predictions
+
+
+def write_report(exp: Experiment, tracker=None) -> tuple[Report, dict[str, Path]]:
+    inputs, validation_size, predictions = gather(exp)
+    report = build(inputs, validation_size, predictions)
+    outdir = results_dir(exp) / "report"
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = {"html": outdir / "report.html", "markdown": outdir / "report.md", "json": outdir / "report.json",
+             "model_card": outdir / "model_card_co2.yaml"}
+    files["html"].write_text(html.render(report), encoding="utf-8")
+    summary = markdown.render(report)
+    files["markdown"].write_text(summary, encoding="utf-8")
+    files["json"].write_text(exports.to_json(report), encoding="utf-8")
+    files["model_card"].write_text(exports.model_card_co2(report), encoding="utf-8")
+    if tracker is not None:
+        tracker.log_report(exp.name, list(files.values()), summary)
+    return report, files

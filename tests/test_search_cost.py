@@ -1,0 +1,248 @@
+"""Search cost (issue 12): phase-output reuse, hopeless trials stopped early, the energy budget.
+
+Reuse must be invisible to the objectives (a reused trial reports what its phases cost when they
+ran) and visible in the search's cost (it spent only the load); nothing about it may change a
+result.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from greenknobs.knobs import get_knob
+from greenknobs.meters.cpu_model import CpuModelMeter
+from greenknobs.phase_store import PhaseStore
+from greenknobs.pipeline import execute_trial, pipeline_class
+from greenknobs.testing.fixtures import TINY_BASELINE, classification_options
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_model_dir, tiny_csv):
+    cls = pipeline_class("text-classification")
+    return cls(cls.validate_options(classification_options(tiny_model_dir, tiny_csv)))
+
+
+def _values(pipeline, **overrides):
+    values = {name: get_knob(name).default for name in pipeline.knobs}
+    values.update({k: v for k, v in TINY_BASELINE.items() if k in values})
+    values.update(overrides)
+    return [(get_knob(n), v) for n, v in values.items()]
+
+
+def _run(pipeline, runtime, store, trial, **overrides):
+    meter = CpuModelMeter()
+    try:
+        return execute_trial(pipeline, _values(pipeline, **overrides), meter, runtime, 0, store=store,
+                             trial_number=trial)
+    finally:
+        meter.close()
+
+
+class CountingPhases:
+    """Counts how often each phase method of a pipeline really runs."""
+
+    def __init__(self, pipeline, monkeypatch):
+        self.calls: dict[str, int] = {}
+        for phase in ("data", "model", "system", "training", "inference"):
+            original = getattr(pipeline, phase)
+
+            def counted(ctx, _phase=phase, _original=original):
+                self.calls[_phase] = self.calls.get(_phase, 0) + 1
+                return _original(ctx)
+            monkeypatch.setattr(pipeline, phase, counted)
+
+
+def test_reuse_skips_upstream_phases_and_attributes_their_cost(tiny_pipeline, cpu_runtime, tmp_path, monkeypatch):
+    store = PhaseStore(tmp_path / "reuse")
+    counter = CountingPhases(tiny_pipeline, monkeypatch)
+    first, _ = _run(tiny_pipeline, cpu_runtime, store, 0)
+    assert first.reuse["status"] == "built"
+    assert first.reuse["published"] == {"data": True, "model": True, "training": True}
+    built = dict(counter.calls)  # inference may run several times in one window (shorter than the meter resolves)
+    assert {p: built[p] for p in ("data", "model", "system", "training")} == \
+        {"data": 1, "model": 1, "system": 1, "training": 1} and built["inference"] >= 1
+
+    # only an inference knob differs: data, model and training come from the store
+    second, _ = _run(tiny_pipeline, cpu_runtime, store, 1, **{"inference.batch_size": 4})
+    assert second.reuse["status"] == "reused" and second.reuse["from_trial"] == 0
+    assert second.reuse["boundary"] == "training" and second.reuse["phases"] == ["data", "model", "training"]
+    ran = {p: counter.calls[p] - built[p] for p in built}
+    assert {p: ran[p] for p in ("data", "model", "system", "training")} == \
+        {"data": 0, "model": 0, "system": 1, "training": 0} and ran["inference"] >= 1
+    # attributed: the objective sees what training cost when it ran; spent: only the load
+    assert second.phases["training"].energy_j == pytest.approx(first.phases["training"].energy_j)
+    assert second.phases["training"].details["spent_j"] == pytest.approx(second.reuse["load_j"])
+    assert second.reuse["load_j"] < 0.5 * first.phases["training"].energy_j
+    # the same trained model: the predictions (hence the scores) do not depend on the batch size
+    assert second.quality["validation"]["macro_f1"] == pytest.approx(first.quality["validation"]["macro_f1"], abs=1e-6)
+    # every knob still proves itself (verify raises otherwise): upstream ones from the evidence recorded
+    # while training ran, the inference ones from this run's forward passes
+    assert set(second.verifications) == set(tiny_pipeline.knobs)
+    assert second.verifications["inference.batch_size"]["inference_batch_size_max"] == 4
+    assert second.verifications["training.learning_rate"]["optimizer_steps_taken"] > 0
+
+
+def test_a_changed_upstream_knob_misses_and_resumes_from_the_last_shared_phase(tiny_pipeline, cpu_runtime, tmp_path):
+    store = PhaseStore(tmp_path / "reuse")
+    _run(tiny_pipeline, cpu_runtime, store, 0)
+    # a training knob differs: the trained model cannot be reused, the pruned model (after "model") can
+    lr, _ = _run(tiny_pipeline, cpu_runtime, store, 1, **{"training.learning_rate": 3e-3})
+    assert lr.reuse["status"] == "reused" and lr.reuse["boundary"] == "model"
+    assert lr.reuse["published"] == {"training": True}
+    # resuming there changes nothing: the same scores as the trial run in one piece, without a store
+    whole, _ = _run(tiny_pipeline, cpu_runtime, None, 9, **{"training.learning_rate": 3e-3})
+    assert lr.quality == whole.quality
+    assert lr.phases["training"].details == {**whole.phases["training"].details,
+                                             "measurement": lr.phases["training"].details["measurement"],
+                                             "process_state_at_start": lr.phases["training"].details["process_state_at_start"]}
+    # a data knob differs: nothing is shared
+    seq = _run(tiny_pipeline, cpu_runtime, store, 2, **{"data.max_seq_len": 16})[0]
+    assert seq.reuse["status"] == "built"
+    # a cost-only knob differs: same output, different cost -- the stored training energy would not be
+    # what this trial's training costs, so training runs (the model before it is shared)
+    threads = _run(tiny_pipeline, cpu_runtime, store, 3, **{"system.threads": 2})[0]
+    assert threads.reuse["boundary"] == "model"
+
+
+def test_a_corrupt_entry_is_rebuilt(tiny_pipeline, cpu_runtime, tmp_path):
+    import json
+
+    store = PhaseStore(tmp_path / "reuse")
+    _run(tiny_pipeline, cpu_runtime, store, 0)
+    trained = next(m.parent for m in store.root.glob("*/manifest.json")
+                   if json.loads(m.read_text())["boundary"] == "training")
+    blob = trained / "context.pkl"
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    again = _run(tiny_pipeline, cpu_runtime, store, 1)[0]
+    # the checksum catches it: the entry is dropped, training runs again (on the intact model entry)
+    assert again.reuse["boundary"] == "model" and again.reuse["published"] == {"training": True}
+    third = _run(tiny_pipeline, cpu_runtime, store, 2)[0]
+    assert third.reuse["boundary"] == "training" and third.reuse["from_trial"] == 1
+    assert third.quality == again.quality
+
+
+def test_two_processes_filling_one_entry_leave_one_good_copy(tmp_path):
+    root = tmp_path / "reuse"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from greenknobs.phase_store import PhaseStore
+        from greenknobs.phases import Measurement, PhaseResult
+        store = PhaseStore({str(root)!r})
+        while time.time() < float(sys.argv[2]):
+            pass  # start together
+        payload = {{"writer": sys.argv[1], "blob": bytes([int(sys.argv[1])]) * 20_000_000}}
+        m = Measurement(energy_j=1.0, time_s=1.0, provenance="modelled", meter="cpu-model")
+        ok = store.publish("k", payload, {{"training": PhaseResult("training", m, {{}})}}, {{"trial": int(sys.argv[1])}})
+        print(ok)
+    """)
+    import time
+    start = str(time.time() + 3.0)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i), start], stdout=subprocess.PIPE, text=True)
+             for i in (1, 2)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(outs) == ["False", "True"]  # one published, the other's copy was dropped
+    loaded = PhaseStore(root).load("k")
+    assert loaded is not None
+    payload, manifest = loaded.ctx, loaded.manifest
+    assert payload["blob"] == bytes([int(payload["writer"])]) * 20_000_000  # not a mix of the two
+    assert manifest["trial"] == int(payload["writer"])
+    assert not list(root.glob(".k.*")), "temporary copies are cleaned up"
+
+
+def test_the_store_evicts_least_recently_used(tmp_path):
+    from greenknobs.phases import Measurement, PhaseResult
+
+    store = PhaseStore(tmp_path / "reuse", max_bytes=2_500_000)
+    m = Measurement(energy_j=1.0, time_s=1.0, provenance="modelled", meter="cpu-model")
+    for key in ("a", "b"):
+        store.publish(key, {"blob": b"x" * 1_000_000}, {"training": PhaseResult("training", m, {})}, {})
+    assert store.load("a") is not None  # a is now more recently used than b
+    store.publish("c", {"blob": b"x" * 1_000_000}, {"training": PhaseResult("training", m, {})}, {})
+    assert store.load("b") is None and store.load("a") is not None and store.load("c") is not None
+
+
+# -- in the search -------------------------------------------------------------------------------------
+def _search(path, trials=None):
+    from greenknobs import search
+    from greenknobs.config import load_experiment
+    from greenknobs.tracking import Tracker
+
+    exp = load_experiment(path).with_overrides(trials=trials)
+    tracker = Tracker(exp.mlflow_uri, exp.name)
+    outcome = search.Search(exp, tracker).run()
+    front = search.publish(exp, outcome.study, tracker)
+    tracker.end_study()
+    return outcome, front
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_a_feasible_model_gets_an_inference_variant_that_reuses_it(in_tmp, tiny_model_dir, tiny_csv):
+    from conftest import write_experiment
+
+    path = write_experiment(in_tmp, tiny_model_dir, tiny_csv, knobs={
+        "training.learning_rate": {"default": 1e-3, "choices": [1e-3, 3e-3]},
+        "inference.batch_size": {"default": 32, "choices": [4, 32]}}, budget={"trials": 2})
+    outcome, front = _search(path)
+    base, variant = outcome.study.get_trials()
+    assert variant.user_attrs["variant_of"] == 0
+    assert variant.params == {"training.learning_rate": 1e-3, "inference.batch_size": 4}
+    assert variant.user_attrs["result"]["reuse"]["status"] == "reused"
+    # the objective: what its phases cost when they ran (training attributed from the baseline) ...
+    phases = variant.user_attrs["result"]["phases"]
+    assert phases["training"]["energy_j"] == pytest.approx(base.user_attrs["result"]["phases"]["training"]["energy_j"])
+    # ... the search's cost: what it spent (the load, then system and inference)
+    spent, base_spent = variant.user_attrs["spent"]["phases"], base.user_attrs["spent"]["phases"]
+    assert spent["data"] == spent["model"] == 0.0
+    assert spent["training"] == pytest.approx(variant.user_attrs["result"]["reuse"]["load_j"])
+    assert spent["training"] < 0.5 * (base_spent["data"] + base_spent["model"] + base_spent["training"])
+    rows = {r.trial: r for r in front.all_rows}
+    assert rows[1].reused_from == 0 and front.cost.phase_reused_trials == 1
+    assert front.cost.search_spent_j == pytest.approx(sum(r.spent_j for r in front.all_rows)
+                                                      + sum(e["energy_j"] for e in outcome.study.user_attrs.get("overhead", [])))
+
+
+def test_a_hopeless_trial_is_stopped_partway_and_its_energy_counts(in_tmp, tiny_model_dir, tiny_csv):
+    from conftest import write_experiment
+
+    from greenknobs.config import load_experiment
+    from greenknobs.search import study as studies
+
+    # a baseline that learns (well above the trivial level), and a learning rate too small to move it
+    path = write_experiment(in_tmp, tiny_model_dir, tiny_csv, knobs={
+        "training.learning_rate": {"default": 1e-2, "choices": [1e-2, 1e-7]}, "training.epochs": 5},
+        budget={"trials": 1}, constraints={"min_quality_retained": 0.9, "beat_trivial_by": 0.05})
+    first, _ = _search(path)
+    assert first.study.trials[0].values[1] > first.study.trials[0].user_attrs["summary"]["trivial_quality"] + 0.05
+    studies.enqueue(first.study, {"training.learning_rate": 1e-7}, {})
+    outcome, front = _search(path, trials=2)
+    stopped = outcome.study.get_trials()[1]
+    assert stopped.state.name == "PRUNED"
+    check = stopped.user_attrs["progress_check"]
+    assert check["hopeless"] and check["fraction"] >= load_experiment(path).stop_hopeless.at_fraction
+    assert check["validation_quality"] <= check["trivial_bar"]
+    assert "trivial" in stopped.user_attrs["stop_reason"]
+    spent = stopped.user_attrs["spent"]
+    # what ran counts: data, model, system, and training up to the stop (with its validation); inference never ran
+    assert set(spent["phases"]) == {"data", "model", "system", "training"} and spent["phases"]["training"] > 0
+    assert front.cost.stopped_trials == 1 and 1 not in {r.trial for r in front.rows}
+
+
+def test_the_energy_budget_stops_the_search(in_tmp, tiny_model_dir, tiny_csv):
+    from conftest import write_experiment
+
+    path = write_experiment(in_tmp, tiny_model_dir, tiny_csv, budget={"trials": 10, "energy_j": 1})
+    outcome, _ = _search(path)
+    assert len(outcome.study.get_trials()) == 1  # the baseline always runs; then 1 J is spent
+    assert outcome.stopped_by.startswith("energy budget") and outcome.spent_j >= 1
