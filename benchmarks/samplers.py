@@ -69,7 +69,7 @@ def main() -> None:
                 out = run_search(exp, work, sampler, hand_method if sampler == "hand" else None)
                 results.setdefault(sampler, []).append(out)
                 saving, row = out.best_test_saving(exp.constraints.min_quality_retained or 0.97)
-                print(f"  {sampler:<7} seed {seed}: {len(out.rows)} trials, {out.spent_j:,.0f} J spent, "
+                print(f"  {sampler:<7} seed {seed}: {out.trials} trials, {out.spent_j:,.0f} J spent, "
                       f"hypervolume {out.hv:.4f}, best held-out saving {saving:.1f} %"
                       + (f" (trial {row.trial})" if row else ""), flush=True)
     floor = exp.constraints.min_quality_retained or 0.97
@@ -83,7 +83,7 @@ def main() -> None:
         hv_j = [o.hv_at_joules(equal_j) for o in outs]
         save = [o.best_test_saving(floor)[0] for o in outs]
         spent = [o.spent_j for o in outs]
-        trials = statistics.mean(len(o.rows) for o in outs)
+        trials = statistics.mean(o.trials for o in outs)
 
         def fmt(xs: list[float], p: int = 4) -> str:
             return f"{statistics.mean(xs):.{p}f} [{min(xs):.{p}f}-{max(xs):.{p}f}]"

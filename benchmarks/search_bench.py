@@ -33,6 +33,11 @@ class Outcome:
     provenance: str
 
     @property
+    def trials(self) -> int:
+        """Trials that ran or were answered (not ones still queued when the budget ran out)."""
+        return sum(r.state in ("COMPLETE", "PRUNED", "FAIL") for r in self.rows)
+
+    @property
     def hv(self) -> float:
         return self.hv_by_trial[-1] if self.hv_by_trial else 0.0
 

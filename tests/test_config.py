@@ -36,7 +36,7 @@ def test_quick_variant_is_a_separate_smaller_study():
     exp = load_experiment(ROOT / "experiments" / "bbc-news-minilm.yaml")
     quick = exp.quick_variant()
     assert quick.name == "bbc-news-minilm-quick" and quick.trials < exp.trials
-    assert quick.pipeline_options["max_examples"] == 400
+    assert quick.pipeline_options["max_examples"] == 600
 
 
 @pytest.mark.parametrize("mutate, key", [

@@ -152,7 +152,7 @@ def test_search_and_ablate_say_what_they_cost(studied):
     assert "Report files" in report_out and "pays" in report_out
 
 
-def test_the_isolation_study_resumes_where_it_stopped(studied):
+def test_the_isolation_study_resumes_where_it_stopped(studied, monkeypatch):
     """Cut off after two runs, a rerun finishes the plan: every planned run exactly once (the one
     that was cut off re-queued with its role); asking for one more repeat runs exactly one round."""
     from greenknobs.config import load_experiment
@@ -161,7 +161,7 @@ def test_the_isolation_study_resumes_where_it_stopped(studied):
     from greenknobs.tracking import Tracker
 
     work, path, *_ = studied
-    os.chdir(work)
+    monkeypatch.chdir(work)
     exp = load_experiment(path)
     study = open_study(isolation_experiment(exp), create=False)
     assert len(study.trials) == 2 * 5  # 2 rounds x (baseline + 3 single values + 1 combination)

@@ -216,3 +216,31 @@ def test_no_mlflow_server_left_when_its_starter_dies(tmp_path, sig):
             child.kill()
             child.wait(30)
         _kill_leftovers(servers)
+
+
+def _sleep_long() -> None:
+    time.sleep(60)
+
+
+def test_a_forked_child_does_not_stop_its_parents_servers(tmp_path):
+    """A worker forked from this process (multiprocessing's "fork") inherits the SIGTERM handler;
+    terminating it, or its normal exit, must leave this process's PostgreSQL running."""
+    import multiprocessing as mp
+
+    _require_postgres()
+    with postgres_server(tmp_path) as pg:
+        ctx = mp.get_context("fork")
+        worker = ctx.Process(target=_sleep_long)
+        worker.start()
+        time.sleep(0.3)
+        worker.terminate()
+        worker.join(30)
+        quick = ctx.Process(target=time.sleep, args=(0.1,))
+        quick.start()
+        quick.join(30)
+        engine = sa.create_engine(pg.url)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("select 1")).scalar() == 1
+        finally:
+            engine.dispose()

@@ -229,3 +229,16 @@ def test_the_trivial_guard_is_at_least_a_random_guesser():
     s = trivial_scores(train, truth)
     assert s["majority_macro_f1"] == pytest.approx(1 / 15)  # one class at F1 1/3, four at 0
     assert 0.18 < s["stratified_macro_f1"] < 0.22 and s["trivial_macro_f1"] == s["stratified_macro_f1"]
+
+
+def test_the_batched_macro_f1_is_scikit_learns():
+    import numpy as np
+
+    from greenknobs.ml.metrics import macro_f1, macro_f1_rows
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 300)
+    guesses = rng.integers(0, 4, (40, 300))  # label 4 never guessed
+    guesses[0] = 2  # one label only
+    guesses[1] = truth  # perfect
+    assert macro_f1_rows(truth, guesses, range(5)) == pytest.approx([macro_f1(truth, g) for g in guesses], abs=1e-12)

@@ -41,9 +41,32 @@ def stratified_random_scores(y_train: Sequence[int], y_true: Sequence[int], draw
     p /= p.sum()
     rng = np.random.default_rng(seed)
     truth = np.asarray(y_true)
-    f1s = [macro_f1(truth, rng.choice(labels, size=len(truth), p=p)) for _ in range(draws)]
+    guesses = np.stack([rng.choice(labels, size=len(truth), p=p) for _ in range(draws)])
     q = np.array([np.mean(truth == k) for k in labels])
-    return {"stratified_macro_f1": float(np.mean(f1s)), "stratified_accuracy": float(p @ q)}
+    return {"stratified_macro_f1": float(np.mean(macro_f1_rows(truth, guesses, labels))),
+            "stratified_accuracy": float(p @ q)}
+
+
+def macro_f1_rows(truth, predictions, labels: Sequence[int]):
+    """Macro-F1 of each row of ``predictions`` against ``truth``, all rows at once: the same figure
+    as scikit-learn's (averaged over the labels in the truth or that row's predictions, 0 where a
+    label has no true positives), without its per-call overhead (200 draws: ~1 CPU-s -> ~10 ms)."""
+    import numpy as np
+
+    truth = np.asarray(truth)[None, :]
+    predictions = np.asarray(predictions)
+    f1 = []
+    present = []
+    for k in labels:
+        is_true, is_pred = truth == k, predictions == k
+        tp = np.sum(is_true & is_pred, axis=1)
+        fp = np.sum(~is_true & is_pred, axis=1)
+        fn = np.sum(is_true & ~is_pred, axis=1)
+        denom = 2 * tp + fp + fn
+        f1.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        present.append(denom > 0)
+    f1s, seen = np.stack(f1, axis=1), np.stack(present, axis=1)
+    return (f1s * seen).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
 
 
 def trivial_scores(y_train: Sequence[int], y_true: Sequence[int], seed: int = 0) -> dict[str, float]:

@@ -329,7 +329,9 @@ class Search:
         rng = random.Random(exp.seed * 7919 + trial.number)
         rng.shuffle(inference)
         assert self.study is not None
-        for setting in inference[:exp.reuse.inference_variants]:
+        # only as many as the trial budget still has room for (a queued trial left over would run next time)
+        room = exp.trials - studies.budget_used(self.study) - studies.waiting_count(self.study)
+        for setting in inference[:max(0, min(exp.reuse.inference_variants, room))]:
             assert setting.space is not None and setting.space.choices is not None
             others = [c for c in setting.space.choices if c != values[setting.name]]
             if not others:

@@ -94,9 +94,28 @@ _previous_sigterm: Any = None
 _sigterm_installed = False
 _atexit_registered = False
 _next_key = 0
+_owner_pid = os.getpid()
+
+
+def _forget_in_child() -> None:
+    """A forked child (multiprocessing's "fork") inherits our handler and the list of servers, but
+    the servers are its parent's: a SIGTERM to the child, or its exit, must not stop them."""
+    global _live, _live_lock, _sigterm_installed, _previous_sigterm, _owner_pid
+    _live = {}
+    _live_lock = threading.RLock()
+    _owner_pid = os.getpid()
+    if _sigterm_installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, _previous_sigterm if _previous_sigterm is not None else signal.SIG_DFL)
+    _sigterm_installed = False
+    _previous_sigterm = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _stop_all() -> None:
+    if os.getpid() != _owner_pid:  # belt and braces: a child forked without the at-fork hook
+        return
     with _live_lock:
         stops = list(_live.values())
         _live.clear()
