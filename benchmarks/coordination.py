@@ -39,6 +39,8 @@ def experiment(path: Path, storage: str, mlflow_uri: str, trials: int, phase_s: 
                   "standin.depth": {"class": "greenknobs.testing.standin:Depth", "default": 8, "low": 1, "high": 256}},
         "constraints": {"min_quality_retained": 0.1, "beat_trivial_by": None},
         "budget": {"trials": trials}, "sampler": "random", "meter": "cpu-model",
+        # every trial sleeps all five phases: stored phase outputs would skip some and hide the overhead
+        "reuse": {"enabled": False}, "stop_hopeless": {"enabled": False},
         "storage": storage, "mlflow_uri": mlflow_uri}))
     return path
 

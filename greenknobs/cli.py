@@ -125,8 +125,8 @@ def cmd_search(args) -> int:
 
 def _print_cost(pb) -> None:
     print(f"\nWhat the search cost: {pb.search_spent_j:,.0f} J over {pb.trials} trials ({pb.failed_trials} failed, "
-          f"{pb.stopped_trials} stopped early, {pb.reused_trials} duplicates reused, {pb.phase_reused_trials} on a "
-          f"stored trained model), plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
+          f"{pb.stopped_trials} stopped early, {pb.reused_trials} duplicates reused, {pb.phase_reused_trials} resumed "
+          f"from stored phase outputs), plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
     for p in pb.per_recommendation:
         be = p["break_even_training_runs"]
         per1k = p["saved_per_1k_predictions_j"]
@@ -163,10 +163,8 @@ def cmd_ablate(args) -> int:
     print(f"{'knob value (alone)':<40}{'runs':>5}{'saved %':>10}{'95 % CI':>18}{'Δ quality':>11}  against the noise floor")
     for x in effects:
         ci = f"[{x.saving_ci_pct[0]:.1f}, {x.saving_ci_pct[1]:.1f}]" if x.saving_ci_pct else "–"
-        energy = "distinguishable" if x.energy_distinguishable else "not distinguishable"
-        quality = ("changed" if x.quality_distinguishable else "unchanged within the floor")
-        print(f"{x.label:<40}{x.runs:>5}{x.saving_pct:>10.1f}{ci:>18}{x.quality_delta:>+11.4f}  energy {energy}; "
-              f"quality {quality}")
+        print(f"{x.label:<40}{x.runs:>5}{x.saving_pct:>10.1f}{ci:>18}{x.quality_delta:>+11.4f}  energy "
+              f"{x.energy_verdict}; quality {x.quality_verdict}")
     print(f"\nNext: `greenknobs report {args.experiment}` puts these beside the search (cascade, payback).")
     return 0
 

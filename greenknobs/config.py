@@ -129,6 +129,11 @@ class Experiment:
     def baseline_values(self) -> dict[str, Any]:
         return {k.name: k.default for k in self.knobs}
 
+    def fixed_settings(self) -> dict[str, Any]:
+        """Knobs the experiment fixes at a value other than the catalog's default: a recommended
+        configuration is reproducible only with them."""
+        return {k.name: k.default for k in self.knobs if not k.searched and repr(k.default) != repr(k.knob.default)}
+
     @property
     def results_dir(self) -> Path:
         """Where the study's files go: the front, the report, the phase-output store."""

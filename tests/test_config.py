@@ -30,6 +30,8 @@ def test_default_experiment_is_valid():
     assert baseline["model.layers_removed"] == 0 and baseline["inference.quantization"] == "none"
     # every knob of the pipeline runs in every trial; unlisted ones are fixed at their baseline
     assert "system.threads" in baseline and not next(k for k in exp.knobs if k.name == "system.threads").searched
+    # a knob fixed away from its catalog default travels with every recommendation's snippet
+    assert exp.fixed_settings() == {"model.pruning_method": "block_influence"}
 
 
 def test_quick_variant_is_a_separate_smaller_study():

@@ -98,6 +98,16 @@ def test_hypervolume_knee_and_payback():
     assert p["saved_per_1k_predictions_j"] == pytest.approx(0.0) and p["break_even_predictions"] is None  # never
 
 
+def test_a_recommendation_snippet_reproduces_the_trial_with_the_experiments_fixed_knobs():
+    r = row(5, 40.0, 0.95, {"data.max_seq_len": 64, "model.layers_removed": 2, "model.pruning_method": "block_influence",
+                            "training.learning_rate": 0.00061234})
+    rec = A.recommendations([r], row(0, 100.0, 0.97, BASE, baseline=True), None,
+                            ["data.max_seq_len", "model.layers_removed", "training.learning_rate"], True, predictions=100,
+                            fixed={"model.pruning_method": "block_influence"})[0]
+    assert yaml.safe_load(rec.snippet) == {"knobs": {"model.pruning_method": "block_influence", "data.max_seq_len": 64,
+                                                     "model.layers_removed": 2, "training.learning_rate": 0.0006123}}
+
+
 def test_isolation_plan_interleaves_blocks_and_leaves_out_inert_values(tmp_path, tiny_model_dir, tiny_csv):
     from greenknobs.config import parse_experiment
     from greenknobs.search.ablation import plan

@@ -60,6 +60,19 @@ class Effect:
     retained: float  # validation quality retained (fraction)
     energy_distinguishable: bool
     quality_distinguishable: bool
+    judged: bool = True  # repeats on both sides: without them there is no noise floor to judge against
+
+    @property
+    def energy_verdict(self) -> str:
+        if not self.judged:
+            return "not judged (one run: repeat with --repeats >= 2)"
+        return "distinguishable" if self.energy_distinguishable else "not distinguishable"
+
+    @property
+    def quality_verdict(self) -> str:
+        if not self.judged:
+            return "not judged"
+        return "changed" if self.quality_distinguishable else "unchanged within the floor"
 
     @property
     def label(self) -> str:
@@ -135,7 +148,7 @@ def knob_effects(rows: list[TrialRow], maximize: bool, validation_size: int | No
         q_dist = floor.runs > 1 and abs(dq) > floor.quality_abs and (qci is None or qci[0] > 0 or qci[1] < 0)
         effects.append(Effect(knob, group[0].ablation["value"], len(group), _mean(e), e, saving, ci, phases,  # type: ignore[index]
                               _mean(q), dq, qci, _mean(t) if t else None, _retained(_mean(q), floor.quality_mean, maximize),
-                              bool(e_dist), bool(q_dist)))
+                              bool(e_dist), bool(q_dist), floor.runs > 1 and len(group) > 1))
     return effects, floor
 
 
@@ -390,18 +403,19 @@ def inference_per_1k(row: TrialRow, predictions: int | None) -> float | None:
     return None if j is None or not predictions else j * 1000.0 / predictions
 
 
-def snippet(row: TrialRow, searched: list[str]) -> str:
-    """``knobs:`` lines fixing every searched knob at the recommended value (YAML, as in an experiment)."""
+def snippet(row: TrialRow, searched: list[str], fixed: dict[str, Any] | None = None) -> str:
+    """``knobs:`` lines fixing every searched knob at the recommended value, and the knobs the
+    experiment fixed away from their defaults (YAML, as in an experiment)."""
     lines = ["knobs:"]
-    for name in searched:
-        value = row.knobs.get(name)
+    values = {**(fixed or {}), **{name: row.knobs.get(name) for name in searched}}
+    for name, value in values.items():
         text = "true" if value is True else "false" if value is False else (f"{value:.4g}" if isinstance(value, float) else str(value))
         lines.append(f"  {name}: {text}")
     return "\n".join(lines)
 
 
 def recommendations(front: list[TrialRow], baseline: TrialRow | None, floor: NoiseFloor | None, searched: list[str],
-                    maximize: bool, predictions: int | None) -> list[Recommendation]:
+                    maximize: bool, predictions: int | None, fixed: dict[str, Any] | None = None) -> list[Recommendation]:
     if not front or baseline is None:
         return []
     lowest = min(front, key=lambda r: r.energy_j or 0.0)
@@ -415,7 +429,7 @@ def recommendations(front: list[TrialRow], baseline: TrialRow | None, floor: Noi
     for kind, r in picks:
         out.append(Recommendation(kind, r.trial, {n: r.knobs.get(n) for n in searched}, r.energy_j or 0.0,
                                   r.energy_saving_pct or 0.0, spread, r.validation_quality or 0.0, r.test_quality,
-                                  r.test_quality_retained_pct, snippet(r, searched), training_energy(r),
+                                  r.test_quality_retained_pct, snippet(r, searched, fixed), training_energy(r),
                                   inference_per_1k(r, predictions)))
     return out
 
@@ -430,7 +444,7 @@ class Payback:
     provenance: str
     per_recommendation: list[dict[str, Any]]
     stopped_trials: int = 0  # stopped early as hopeless (their energy up to the stop counts)
-    phase_reused_trials: int = 0  # ran only system and inference on a stored trained model
+    phase_reused_trials: int = 0  # resumed from a stored phase output (data, model or trained model)
 
     @property
     def total_spent_j(self) -> float:
@@ -445,9 +459,10 @@ def payback(search_rows: list[TrialRow], iso_rows: list[TrialRow], recs: list[Re
     provs = {r.provenance for r in search_rows + iso_rows if r.provenance}
     pb = Payback(sum(r.spent_j for r in search_rows) + overhead_j, sum(r.spent_j for r in iso_rows) + iso_overhead_j,
                  len(search_rows),
-                 sum(r.state == "FAIL" for r in search_rows), sum(r.duplicate_of is not None for r in search_rows),
+                 sum(r.state == "FAIL" or (r.state == "PRUNED" and bool(r.fail_reason)) for r in search_rows),
+                 sum(r.duplicate_of is not None for r in search_rows),
                  "measured" if provs == {"measured"} else "modelled", [],
-                 stopped_trials=sum(r.state == "PRUNED" for r in search_rows),
+                 stopped_trials=sum(r.state == "PRUNED" and bool(r.stop_reason) for r in search_rows),
                  phase_reused_trials=sum(r.reused_from is not None for r in search_rows))
     if baseline is None:
         return pb

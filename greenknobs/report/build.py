@@ -34,6 +34,7 @@ class ReportInputs:
     idle_power: dict[str, Any] | None = None
     experiment_command: str = ""
     overhead_j: dict[str, float] = field(default_factory=dict)  # warm-up runs: {"search": J, "isolation": J}
+    fixed: dict[str, Any] = field(default_factory=dict)  # knobs the experiment fixed away from their defaults
 
 
 @dataclass
@@ -115,7 +116,7 @@ def build(inp: ReportInputs, validation_size: int | None = None, predictions: in
     effects, floor = A.knob_effects(inp.isolation_rows, inp.maximize, validation_size)
     casc = A.cascade(inp.rows, inp.isolation_rows, effects, floor, inp.baseline_values, inp.maximize)
     qfloor = _quality_floor(inp, baseline)
-    recs = A.recommendations(inp.front, baseline, floor, inp.searched, inp.maximize, predictions)
+    recs = A.recommendations(inp.front, baseline, floor, inp.searched, inp.maximize, predictions, inp.fixed)
     report = Report(
         inputs=inp, baseline=baseline, effects=effects, floor=floor, cascade=casc,
         pairs=A.interfering_pairs(casc, floor),

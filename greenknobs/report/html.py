@@ -88,7 +88,7 @@ def _effects(r: Report) -> str:
     for x in r.effects:
         ci = f"[{x.saving_ci_pct[0]:.1f}, {x.saving_ci_pct[1]:.1f}]" if x.saving_ci_pct else "–"
         qci = f"[{x.quality_ci[0]:+.4f}, {x.quality_ci[1]:+.4f}]" if x.quality_ci else "–"
-        verdict = "distinguishable" if x.energy_distinguishable else "not distinguishable"
+        verdict = x.energy_verdict
         rows.append([e(x.label), str(x.runs), f"{x.saving_pct:.1f}", ci, e(verdict), f"{x.quality_delta:+.4f}", qci,
                      f"{100 * x.retained:.1f}", fmt(x.test_quality, 4),
                      " ".join(f"{p} {d:+.0f}" for p, d in x.phase_delta_j.items() if abs(d) >= 0.5)])

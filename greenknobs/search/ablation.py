@@ -28,8 +28,10 @@ SUFFIX = "-isolation"
 
 
 def isolation_experiment(exp: Experiment) -> Experiment:
-    """The experiment as its isolation study sees it: same baseline and measurement, its own study."""
-    return replace(exp, name=exp.name + SUFFIX)
+    """The experiment as its isolation study sees it: same baseline and measurement, its own study.
+    The search's energy budget does not apply: the plan (values x repeats) is what the user asked
+    for, and a plan cut short leaves effects without a noise floor (its cost is reported instead)."""
+    return replace(exp, name=exp.name + SUFFIX, energy_budget_j=None)
 
 
 def isolation_values(setting: KnobSetting) -> list[Any]:

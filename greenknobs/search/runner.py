@@ -122,6 +122,11 @@ def trivial_bar(exp: Experiment, trivial: float) -> float:
     return trivial * (1.0 - margin)
 
 
+def constraint_names(exp: Experiment) -> list[str]:
+    """The Optuna constraints this experiment sets on every trial."""
+    return list(constraint_values(exp, quality=0.0, trivial=0.0, retained_pct=0.0))
+
+
 def constraint_values(exp: Experiment, quality: float, trivial: float | None, retained_pct: float) -> dict[str, float]:
     """Optuna constraints on validation figures, <= 0 feasible."""
     c = exp.constraints
@@ -362,9 +367,13 @@ class Search:
         return (f"apportioned: {n} greenknobs workers shared this host; CPU energy is {how}, and contention "
                 "inflates it -- run one worker per host for comparable figures")
 
-    def _failed(self, trial: Trial, run_id: str, exc: BaseException, started: float) -> TrialFailed:
+    def _failed(self, trial: Trial, run_id: str, exc: BaseException, started: float) -> TrialFailed | TrialStopped:
         """Record a failure everywhere (Optuna, MLflow with the traceback, the console) and decide
-        whether the search can go on: the same unexpected error several trials in a row is a bug."""
+        whether the search can go on: the same unexpected error several trials in a row is a bug.
+
+        A combination that cannot run (IncompatibleKnobs) is not a failure of the code: it is
+        recorded PRUNED with every constraint violated, so the samplers learn to avoid that region
+        (TPE and NSGA-II ignore FAIL trials, and would propose it again and again)."""
         infeasible = isinstance(exc, IncompatibleKnobs)
         reason = f"{type(exc).__name__}: {exc}"
         trial.set_user_attr("fail_reason", ("infeasible: " if infeasible else "") + str(exc))
@@ -374,6 +383,10 @@ class Search:
         self._record_duration(started)
         if self.reporter:
             self.reporter.trial_done(trial.number, None, reason, self._left(), self._eta())
+        if infeasible and not trial.user_attrs.get("baseline"):  # a baseline that cannot run ends the search
+            for name in constraint_names(self.exp):
+                trial.set_constraint(name, 1.0)
+            return TrialStopped(reason)
         if not infeasible:
             signature = (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
             count = self._streak[1] + 1 if self._streak and self._streak[0] == signature else 1
