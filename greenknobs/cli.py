@@ -138,6 +138,7 @@ def _print_cost(pb) -> None:
 def cmd_ablate(args) -> int:
     from greenknobs.report.analysis import knob_effects
     from greenknobs.search.ablation import isolation_experiment, parse_combo, run_isolation
+    from greenknobs.search.report import baseline_facts
     from greenknobs.search.rows import all_rows
     from greenknobs.tracking import Tracker
 
@@ -158,7 +159,9 @@ def cmd_ablate(args) -> int:
     for note in notes:
         print(f"  {note}")
     iso = isolation_experiment(exp)
-    effects, floor = knob_effects(all_rows(outcome.study, iso), exp.objectives.quality_direction == "maximize")
+    validation_size, _ = baseline_facts(outcome.study)  # one example's worth of F1 is the quality resolution
+    effects, floor = knob_effects(all_rows(outcome.study, iso), exp.objectives.quality_direction == "maximize",
+                                  validation_size)
     print(f"\nIsolation study {iso.name!r}: {outcome.ran} runs this time. {floor.describe() if floor else ''}")
     print(f"{'knob value (alone)':<40}{'runs':>5}{'saved %':>10}{'95 % CI':>18}{'Δ quality':>11}  against the noise floor")
     for x in effects:

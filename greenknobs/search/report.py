@@ -45,7 +45,7 @@ def git_commit(where: Path) -> str:
     return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
 
 
-def _baseline_facts(study) -> tuple[int | None, int | None]:
+def baseline_facts(study) -> tuple[int | None, int | None]:
     """(validation examples, predictions per trial) from the baseline's stored result."""
     base = studies.baseline_trial(study)
     if base is None:
@@ -88,7 +88,7 @@ def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
         importance=studies.importances(study), meter=resolve(exp.meter.name), carbon=carbon,
         reproducibility=reproducibility, idle_power=stored_idle, experiment_command=exp.source or exp.name,
         overhead_j=overhead, fixed=exp.fixed_settings())
-    validation_size, predictions = _baseline_facts(study)
+    validation_size, predictions = baseline_facts(study)
     return inputs, validation_size, predictions
 
 
