@@ -119,7 +119,9 @@ def test_a_killed_worker_loses_nothing(postgres, mlflow_server_url, tmp_path):
         while time.time() < deadline and retry is None:
             time.sleep(0.5)
             _, study = load(exp_path, storage)
-            retry = next((t for t in study.trials if t.user_attrs.get("retry_of") == victim.number), None)
+            # running again (while it waits in the queue its knob values are not yet its params)
+            retry = next((t for t in study.trials if t.user_attrs.get("retry_of") == victim.number
+                          and t.state.name != "WAITING"), None)
         recovery_s = time.monotonic() - recovered_at
         assert retry is not None, "the killed trial was not re-queued within a minute"
         dead = study.trials[victim.number]
