@@ -8,12 +8,15 @@ server never outlives its command and never keeps holding its port.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
 
 
 def port_open(host: str, port: int) -> bool:
@@ -100,3 +103,38 @@ def serve(cmd: list[str], env: dict[str, str] | None, host: str, port: int,
             time.sleep(0.2)
         on_ready()
         return proc.wait()
+
+
+class OwnerLock:
+    """An exclusive, non-blocking lock on a file that names its holder; released at close or at
+    process exit (the kernel drops flock locks with the descriptor, also after SIGKILL)."""
+
+    def __init__(self, path: Path, owner: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")  # noqa: SIM115 -- held open (and locked) for the life of the lock
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise Held(holder) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(owner)
+        fh.flush()
+        self._fh: IO[str] | None = fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+class Held(Exception):
+    """The lock is held by someone else: ``holder`` is what they wrote into the file."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder

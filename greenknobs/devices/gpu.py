@@ -9,7 +9,6 @@ ignores CUDA_VISIBLE_DEVICES and numbers GPUs its own way).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Any
 
 from greenknobs.devices.nvml import nvml, text
 from greenknobs.errors import GreenknobsError
+from greenknobs.processes import Held, OwnerLock
 
 LOCK_DIR = Path(os.environ.get("GREENKNOBS_LOCK_DIR", "/tmp/greenknobs-gpu-locks"))
-_HELD: dict[str, Any] = {}  # uuid -> open, locked file: released when the process ends
+_HELD: dict[str, OwnerLock] = {}  # uuid -> its lock: released at release() or when the process ends
 
 
 def _handle(nv, spec: str):
@@ -48,30 +48,19 @@ def bind(spec: str) -> dict[str, Any]:
         raise GreenknobsError(f"--gpu {spec}: no such GPU ({exc})") from None
     finally:
         nv.nvmlShutdown()
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    fh = open(LOCK_DIR / f"{uuid}.lock", "a+")  # noqa: SIM115 -- held (and locked) for the process's life
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        owner = fh.read().strip() or "another process"
-        fh.close()
-        raise GreenknobsError(f"GPU {uuid} (index {index}) is already bound to {owner}: one worker per GPU") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"greenknobs pid {os.getpid()}")
-    fh.flush()
-    _HELD[uuid] = fh
+        _HELD[uuid] = OwnerLock(LOCK_DIR / f"{uuid}.lock", f"greenknobs pid {os.getpid()}")
+    except Held as held:
+        raise GreenknobsError(f"GPU {uuid} (index {index}) is already bound to {held.holder}: one worker per GPU") from None
     os.environ["CUDA_VISIBLE_DEVICES"] = uuid
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     return {"uuid": uuid, "index": index, "name": name}
 
 
 def release(uuid: str) -> None:
-    fh = _HELD.pop(uuid, None)
-    if fh is not None:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
+    lock = _HELD.pop(uuid, None)
+    if lock is not None:
+        lock.close()
 
 
 def _ancestors(pid: int) -> set[int]:

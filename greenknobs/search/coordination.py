@@ -29,6 +29,7 @@ from typing import Any
 import sqlalchemy
 
 from greenknobs.errors import GreenknobsError
+from greenknobs.processes import Held, OwnerLock
 from greenknobs.urls import mask_password, sqlite_path
 
 
@@ -106,32 +107,20 @@ class SqliteClaim:
 
     def __init__(self, url: str, what: str):
         path = sqlite_path(url)
-        self._fh = None
+        self._lock: OwnerLock | None = None
         if path is None:
             return
-        lock = Path(path + ".gk-owner")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock, "a+")  # noqa: SIM115 -- held open (and locked) for the life of the claim
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "another process"
-            fh.close()
-            raise GreenknobsError(f"{what} {url} is in use by {owner}: SQLite serves one greenknobs process at a "
-                                  "time; for several workers use PostgreSQL (--storage postgresql://...) and an "
+            self._lock = OwnerLock(Path(path + ".gk-owner"), f"greenknobs pid {os.getpid()} on {socket.gethostname()}")
+        except Held as held:
+            raise GreenknobsError(f"{what} {url} is in use by {held.holder}: SQLite serves one greenknobs process at "
+                                  "a time; for several workers use PostgreSQL (--storage postgresql://...) and an "
                                   "MLflow tracking server (--mlflow-uri http://...)") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"greenknobs pid {os.getpid()} on {socket.gethostname()}")
-        fh.flush()
-        self._fh = fh
 
     def close(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def _start_time(pid: int) -> str | None:
