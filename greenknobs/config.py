@@ -91,10 +91,13 @@ class Reuse:
 @dataclass(frozen=True)
 class StopHopeless:
     """Stop a trial whose validation quality is still at the trivial model's level partway through
-    training: it cannot meet the quality floor (Optuna PRUNED; its energy still counts)."""
+    training: it cannot meet the quality floor (Optuna PRUNED; its energy still counts).
+    ``below_floor``: also stop one that is too far below the floor to reach it, judged by the
+    largest gain any completed trial of the study made over the rest of its training."""
 
     enabled: bool = True
     at_fraction: float = 0.5  # of the planned training steps
+    below_floor: bool = True
 
 
 @dataclass(frozen=True)
@@ -429,13 +432,14 @@ def _stop_hopeless(raw: Any) -> StopHopeless:
     if isinstance(raw, bool):
         return StopHopeless(enabled=raw)
     raw = _mapping(raw, "stop_hopeless")
-    _reject_unknown(raw, ("enabled", "at_fraction"), "stop_hopeless")
+    _reject_unknown(raw, ("enabled", "at_fraction", "below_floor"), "stop_hopeless")
     d = StopHopeless()
-    enabled = raw.get("enabled", d.enabled)
-    if not isinstance(enabled, bool):
-        raise ConfigError("stop_hopeless.enabled", "expected true or false")
-    return StopHopeless(enabled, float(_number(raw.get("at_fraction", d.at_fraction), "stop_hopeless.at_fraction",
-                                               low=0.05, high=0.95)))
+    flags = {k: raw.get(k, getattr(d, k)) for k in ("enabled", "below_floor")}
+    for k, v in flags.items():
+        if not isinstance(v, bool):
+            raise ConfigError(f"stop_hopeless.{k}", "expected true or false")
+    return StopHopeless(flags["enabled"], float(_number(raw.get("at_fraction", d.at_fraction), "stop_hopeless.at_fraction",
+                                                        low=0.05, high=0.95)), flags["below_floor"])
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -55,6 +55,8 @@ def test_quick_variant_is_a_separate_smaller_study():
     (lambda d: d.update(budget={"trials": 0}), "budget.trials"),
     (lambda d: d.update(budget={"trials": "ten"}), "budget.trials"),
     (lambda d: d.update(sampler="bayes"), "sampler"),
+    (lambda d: d.update(stop_hopeless={"below_floor": "yes"}), "stop_hopeless.below_floor"),
+    (lambda d: d.update(stop_hopeless={"at_fraction": 1.0}), "stop_hopeless.at_fraction"),
     (lambda d: d.update(objectives={"energy": "gpu"}), "objectives.energy"),
     (lambda d: d.update(objectives={"quality": "bleu"}), "objectives.quality"),
     (lambda d: d.update(constraints={"min_quality_retained": 1.5}), "constraints.min_quality_retained"),

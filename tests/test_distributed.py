@@ -119,9 +119,10 @@ def test_a_killed_worker_loses_nothing(postgres, mlflow_server_url, tmp_path):
         while time.time() < deadline and retry is None:
             time.sleep(0.5)
             _, study = load(exp_path, storage)
-            # running again (while it waits in the queue its knob values are not yet its params)
+            # running again with its values drawn: a queued trial's values become its params only
+            # when the worker draws them, a moment after it starts RUNNING
             retry = next((t for t in study.trials if t.user_attrs.get("retry_of") == victim.number
-                          and t.state.name != "WAITING"), None)
+                          and t.state.name != "WAITING" and t.params), None)
         recovery_s = time.monotonic() - recovered_at
         assert retry is not None, "the killed trial was not re-queued within a minute"
         dead = study.trials[victim.number]

@@ -253,3 +253,61 @@ def test_the_energy_budget_stops_the_search(in_tmp, tiny_model_dir, tiny_csv):
     assert 1 <= len(trials) <= 3 and trials[0].user_attrs.get("baseline")
     last = float(trials[-1].user_attrs.get("spent", {}).get("energy_j", 0.0))
     assert len(trials) == 1 or spent_j(outcome.study) - last < 1.0
+
+
+def test_variants_cover_untried_combinations_of_the_inference_knobs(in_tmp, tiny_model_dir, tiny_csv):
+    from conftest import write_experiment
+
+    path = write_experiment(in_tmp, tiny_model_dir, tiny_csv, knobs={
+        "training.learning_rate": {"default": 1e-3, "choices": [1e-3, 3e-3]},
+        "inference.batch_size": {"default": 32, "choices": [4, 32]},
+        "inference.quantization": {"default": "none", "choices": ["none", "dynamic_int8"]}},
+        budget={"trials": 4}, reuse={"inference_variants": 3})
+    outcome, _ = _search(path)
+    base, *variants = outcome.study.get_trials()
+    assert [t.user_attrs.get("variant_of") for t in variants] == [0, 0, 0]
+    served = {(t.params["inference.batch_size"], t.params["inference.quantization"]) for t in variants}
+    assert served == {(4, "none"), (32, "dynamic_int8"), (4, "dynamic_int8")}  # every other combination, once
+    assert all(t.params["training.learning_rate"] == 1e-3 for t in variants)
+    assert all(t.user_attrs["result"]["reuse"]["status"] == "reused" for t in variants)
+
+
+def test_a_trial_too_far_below_the_floor_stops_once_the_study_knows_how_much_training_adds(in_tmp, tiny_model_dir,
+                                                                                          tiny_csv):
+    from conftest import write_experiment
+
+    from greenknobs.config import load_experiment
+    from greenknobs.errors import HopelessTrial
+    from greenknobs.search import Search
+    from greenknobs.search import study as studies
+
+    path = write_experiment(in_tmp, tiny_model_dir, tiny_csv, knobs={"training.learning_rate": {"default": 1e-3, "choices": [1e-3, 3e-3]}},
+                            constraints={"min_quality_retained": 0.9, "beat_trivial_by": 0.05})
+    exp = load_experiment(path)
+    runner = Search(exp, tracker=None)
+    runner.study = study = studies.open_study(exp)
+
+    def finished(quality, check=None, **attrs):
+        t = studies.ask(study)
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+        if check is not None:
+            t.set_user_attr("progress_check", {"validation_quality": check, "hopeless": False, "direction": "maximize"})
+        studies.tell(study, t, (100.0, quality))
+
+    finished(0.80, baseline=True, summary={"trivial_quality": 0.20})  # floor: 0.9 x 0.80 = 0.72
+    verdicts = []
+    for completed in range(4):  # each completed trial gained 0.10 after its check: allowed 1.5 x 0.10
+        for midway in (0.50, 0.60):
+            check = runner._hopeless_check(studies.ask(study))  # a fresh check per score: it runs once per trial
+            try:
+                check(0.5, lambda q=midway: q)
+                verdicts.append((completed, midway, "runs on"))
+            except HopelessTrial as exc:
+                verdicts.append((completed, midway, "stopped"))
+                assert "too far from the floor (0.7200)" in str(exc) and "gained at most 0.1000" in str(exc)
+        if completed < 3:
+            finished(0.70, check=0.60)
+    # not before 3 completed trials; then 0.50 + 0.15 < 0.72 stops, 0.60 + 0.15 >= 0.72 runs on
+    assert verdicts[:6] == [(n, q, "runs on") for n in range(3) for q in (0.5, 0.6)]
+    assert verdicts[6:] == [(3, 0.5, "stopped"), (3, 0.6, "runs on")]

@@ -8,6 +8,7 @@ reason) and the search goes on.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import random
 import time
@@ -107,6 +108,12 @@ def relative_figures(exp: Experiment, energy_j: float, quality: float, base_ener
     else:
         retained = base_quality / quality if quality else 0.0
     return {"energy_saving_pct": saving, "quality_retained_pct": 100.0 * retained}
+
+
+# a trial stopped for being below the floor must be short of it by more than REACH_SAFETY x the
+# largest gain (check -> end of training) seen in at least REACH_MIN_TRIALS completed trials
+REACH_SAFETY = 1.5
+REACH_MIN_TRIALS = 3
 
 
 def trivial_bar(exp: Experiment, trivial: float) -> float:
@@ -282,7 +289,8 @@ class Search:
 
     def _hopeless_check(self, trial: Trial):
         """A progress check for the training loop: once, at ``stop_hopeless.at_fraction`` of the
-        planned steps, score validation; at the trivial model's level, stop (HopelessTrial)."""
+        planned steps, score validation; at the trivial model's level, or too far below the floor
+        to reach it, stop (HopelessTrial)."""
         exp = self.exp
         if not exp.stop_hopeless.enabled or self.study is None:
             return None
@@ -300,6 +308,11 @@ class Search:
             base_quality * retained if maximize else base_quality / retained)
         if exp.constraints.beat_trivial_by is None and (floor is None or (floor <= bar if maximize else floor >= bar)):
             return None
+        # how far below the floor a trial may be at the check and still reach it: the largest gain
+        # completed trials made over the rest of their training, with room to spare; learned only
+        # once a few trials have finished (the first ones always run to the end)
+        gains = studies.gains_after_check(self.study) if exp.stop_hopeless.below_floor and floor is not None else []
+        reach = max(max(gains), 0.0) * REACH_SAFETY if len(gains) >= REACH_MIN_TRIALS else None
         state = {"done": False}
 
         def check(fraction: float, validate) -> None:
@@ -308,13 +321,23 @@ class Search:
             state["done"] = True
             score = validate()  # the task's validation score, higher is better (perplexity comes negated)
             quality = score if maximize else -score
-            hopeless = quality <= bar if maximize else quality >= bar
-            trial.set_user_attr("progress_check", {"fraction": round(fraction, 3), "validation_quality": quality,
-                                                   "trivial_bar": bar, "hopeless": hopeless})
-            if hopeless:
-                raise HopelessTrial(f"after {fraction:.0%} of training, validation {exp.objectives.quality_metric} "
-                                    f"{quality:.4f} is still at the trivial model's level ({bar:.4f}): it cannot "
-                                    "meet the quality floor, so the trial stops here")
+            trivial_level = quality <= bar if maximize else quality >= bar
+            short = reach is not None and floor is not None and (
+                quality + reach < floor if maximize else quality - reach > floor)
+            trial.set_user_attr("progress_check", {
+                "fraction": round(fraction, 3), "validation_quality": quality, "trivial_bar": bar,
+                "direction": exp.objectives.quality_direction, "floor": floor, "reach": reach,
+                "reach_from_trials": len(gains), "hopeless": trivial_level or short})
+            metric = exp.objectives.quality_metric
+            if trivial_level:
+                raise HopelessTrial(f"after {fraction:.0%} of training, validation {metric} {quality:.4f} is still at "
+                                    f"the trivial model's level ({bar:.4f}): it cannot meet the quality floor, so "
+                                    "the trial stops here")
+            if short and reach is not None:
+                raise HopelessTrial(f"after {fraction:.0%} of training, validation {metric} {quality:.4f} is too far "
+                                    f"from the floor ({floor:.4f}) to reach it: the {len(gains)} completed trials "
+                                    f"gained at most {reach / REACH_SAFETY:.4f} over the rest of training (allowed "
+                                    f"{reach:.4f}), so the trial stops here")
         return check
 
     def _stopped(self, trial: Trial, run_id: str, exc: HopelessTrial, started: float) -> TrialStopped:
@@ -327,26 +350,30 @@ class Search:
         return TrialStopped(str(exc))
 
     def _queue_variants(self, trial: Trial, values: dict[str, Any]) -> None:
-        """A model just trained (and was stored): queue variants of it that only change inference
-        knobs, which reuse it and cost only their inference phase."""
+        """A model just trained (and was stored): queue up to ``reuse.inference_variants`` trials that
+        run it with other values of the searched inference knobs -- drawn from every combination of
+        their choices the study has not tried -- each costing only its inference phase."""
         exp = self.exp
         inference = [s for s in exp.searched_knobs if s.knob.phase == "inference" and s.space and s.space.choices]
-        rng = random.Random(exp.seed * 7919 + trial.number)
-        rng.shuffle(inference)
         assert self.study is not None
         # only as many as the trial budget still has room for (a queued trial left over would run next time)
         room = exp.trials - studies.budget_used(self.study) - studies.waiting_count(self.study)
-        for setting in inference[:max(0, min(exp.reuse.inference_variants, room))]:
-            assert setting.space is not None and setting.space.choices is not None
-            others = [c for c in setting.space.choices if c != values[setting.name]]
-            if not others:
-                continue
-            params = {s.name: trial.params[s.name] for s in exp.searched_knobs if s.name in trial.params}
-            params[setting.name] = rng.choice(others)
-            studies.enqueue(self.study, params, {"variant_of": trial.number})
+        wanted = max(0, min(exp.reuse.inference_variants, room))
+        if not inference or not wanted:
+            return
+        params = {s.name: trial.params[s.name] for s in exp.searched_knobs if s.name in trial.params}
+        tried = studies.tried_params(self.study)
+        variants = []
+        for combo in itertools.product(*(s.space.choices for s in inference if s.space and s.space.choices)):
+            variant = {**params, **{s.name: v for s, v in zip(inference, combo)}}
+            if json.dumps(variant, sort_keys=True, default=str) not in tried:
+                variants.append(variant)
+        random.Random(exp.seed * 7919 + trial.number).shuffle(variants)
+        for variant in variants[:wanted]:
+            studies.enqueue(self.study, variant, {"variant_of": trial.number})
             if self.reporter:
-                self.reporter.note(trial.number, f"queued a variant on its trained model: {setting.name}="
-                                                 f"{params[setting.name]}")
+                changed = ", ".join(f"{s.name}={variant[s.name]}" for s in inference if variant[s.name] != params.get(s.name))
+                self.reporter.note(trial.number, f"queued a variant on its trained model: {changed}")
 
     def _gpu_alone(self, when: str) -> None:
         """A bound GPU must run only this worker: another process's energy would count as ours."""

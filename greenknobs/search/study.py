@@ -178,6 +178,24 @@ def enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, A
     study.enqueue_trial(params, user_attrs=user_attrs, skip_if_exists=False)
 
 
+def tried_params(study: optuna.Study) -> set[str]:
+    """The searched values of every trial in the study, queued ones included (as JSON)."""
+    return {json.dumps(t.params or t.system_attrs.get("fixed_params") or {}, sort_keys=True, default=str)
+            for t in study.get_trials(deepcopy=False)}
+
+
+def gains_after_check(study: optuna.Study) -> list[float]:
+    """For each completed trial that passed its progress check: how much its validation quality
+    (objective 1) improved from the check to the end of training, signed so that better is positive."""
+    gains = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        check = t.user_attrs.get("progress_check")
+        if check and not check.get("hopeless") and t.values and len(t.values) > 1:
+            sign = 1.0 if check.get("direction", "maximize") == "maximize" else -1.0
+            gains.append(sign * (t.values[1] - check["validation_quality"]))
+    return gains
+
+
 def waiting_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
