@@ -35,7 +35,7 @@ class ConsoleReporter:
     def phase_done(self, number: int, phase: str, result, energy_so_far_j: float) -> None:
         m = result.measurement
         if result.details.get("aborted"):
-            print(f"    {phase:<9} {m.energy_j:10.1f} J {m.provenance:<8} {m.time_s:7.1f} s   (failed part-way; counted in the "
+            print(f"    {phase:<9} {m.energy_j:10.1f} J {m.provenance:<8} {m.time_s:7.1f} s   (cut short; counted in the "
                   f"search's cost)", flush=True)
             return
         spread = f" ±{m.spread_j / 2:.1f}" if m.repeats > 1 else ""
@@ -44,8 +44,10 @@ class ConsoleReporter:
 
     def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None) -> None:
         eta = f", ETA {eta_s / 60:.1f} min" if eta_s is not None and left else ""
-        if summary is None:
-            print(f"    FAILED: {failure}  [{left} left{eta}]", flush=True)
+        if summary is None:  # a stop on purpose (hopeless) is not a failure: say which it was
+            stopped = (failure or "").startswith("stopped early: ")
+            what = f"STOPPED early: {failure[len('stopped early: '):]}" if stopped and failure else f"FAILED: {failure}"
+            print(f"    {what}  [{left} left{eta}]", flush=True)
             return
         flag = "" if summary.feasible else "  (violates a constraint)"
         co2 = summary.carbon_g.get("total")

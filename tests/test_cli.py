@@ -78,3 +78,14 @@ def test_ui_serves_the_store_on_loopback_and_stops_with_its_command(tmp_path):
     assert not port_open("127.0.0.1", port), "the MLflow server outlived `greenknobs ui`"
     leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
     assert not leftovers, f"processes still serving port {port}: {leftovers}"
+
+
+def test_the_console_tells_a_stopped_trial_from_a_failed_one(capsys):
+    from greenknobs.cli import ConsoleReporter
+
+    reporter = ConsoleReporter("macro_f1")
+    reporter.trial_done(3, None, "stopped early: after 50% of training, too far from the floor", 5, None)
+    reporter.trial_done(4, None, "RuntimeError: out of memory", 4, None)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["    STOPPED early: after 50% of training, too far from the floor  [5 left]",
+                   "    FAILED: RuntimeError: out of memory  [4 left]"]
