@@ -42,7 +42,7 @@ class Timing:
     def note(self, *a):
         pass
 
-    def trial_done(self, number, *a):
+    def trial_done(self, number, *a, **k):
         self.ends[number] = time.perf_counter()
 
 

@@ -42,12 +42,11 @@ class ConsoleReporter:
         print(f"    {phase:<9} {m.energy_j:10.1f}{spread} J {m.provenance:<8} {m.time_s:7.1f} s   "
               f"(trial so far {energy_so_far_j:.1f} J)", flush=True)
 
-    def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None) -> None:
+    def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None,
+                   stopped: bool = False) -> None:
         eta = f", ETA {eta_s / 60:.1f} min" if eta_s is not None and left else ""
         if summary is None:  # a stop on purpose (hopeless) is not a failure: say which it was
-            stopped = (failure or "").startswith("stopped early: ")
-            what = f"STOPPED early: {failure[len('stopped early: '):]}" if stopped and failure else f"FAILED: {failure}"
-            print(f"    {what}  [{left} left{eta}]", flush=True)
+            print(f"    {'STOPPED early' if stopped else 'FAILED'}: {failure}  [{left} left{eta}]", flush=True)
             return
         flag = "" if summary.feasible else "  (violates a constraint)"
         co2 = summary.carbon_g.get("total")

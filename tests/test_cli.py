@@ -84,7 +84,7 @@ def test_the_console_tells_a_stopped_trial_from_a_failed_one(capsys):
     from greenknobs.cli import ConsoleReporter
 
     reporter = ConsoleReporter("macro_f1")
-    reporter.trial_done(3, None, "stopped early: after 50% of training, too far from the floor", 5, None)
+    reporter.trial_done(3, None, "after 50% of training, too far from the floor", 5, None, stopped=True)
     reporter.trial_done(4, None, "RuntimeError: out of memory", 4, None)
     out = capsys.readouterr().out.splitlines()
     assert out == ["    STOPPED early: after 50% of training, too far from the floor  [5 left]",

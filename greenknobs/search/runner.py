@@ -74,7 +74,7 @@ class Reporter(Protocol):
     def trial_started(self, number: int, index: int, planned: int, values: dict[str, Any], baseline: bool) -> None: ...
     def phase_done(self, number: int, phase: str, result: PhaseResult, energy_so_far_j: float) -> None: ...
     def trial_done(self, number: int, summary: TrialSummary | None, failure: str | None, left: int,
-                   eta_s: float | None) -> None: ...
+                   eta_s: float | None, stopped: bool = False) -> None: ...  # stopped: on purpose, not failed
     def note(self, number: int, message: str) -> None: ...
 
 
@@ -346,7 +346,7 @@ class Search:
         self._current_run = None
         self._record_duration(started)
         if self.reporter:
-            self.reporter.trial_done(trial.number, None, f"stopped early: {exc}", self._left(), self._eta())
+            self.reporter.trial_done(trial.number, None, str(exc), self._left(), self._eta(), stopped=True)
         return TrialStopped(str(exc))
 
     def _queue_variants(self, trial: Trial, values: dict[str, Any]) -> None:
