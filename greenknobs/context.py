@@ -72,6 +72,9 @@ class TrialContext:
     # scores validation quality: the search stops hopeless trials with it (raises HopelessTrial)
     progress_check: Callable[[float, Callable[[], float]], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # pipeline-private state between its phases
+    # knob name -> the typed evidence record the knob's own hooks filled (greenknobs.trial)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    trial: Any = None  # the define-by-run Trial driving this context (not stored with phase outputs)
     # -- runner bookkeeping ----------------------------------------------------------------------
     phase: str | None = None
     apply_hook: Callable[[], None] | None = None
@@ -80,9 +83,12 @@ class TrialContext:
     def setting(self, name: str) -> Any:
         """A knob value; a KeyError here means the pipeline reads a knob it never declared."""
         try:
-            return self.settings[name]
+            value = self.settings[name]
         except KeyError:
             raise KeyError(f"setting {name!r}: the pipeline reads a knob it does not list in Pipeline.knobs") from None
+        if self.trial is not None:
+            self.trial.knob(name)  # counts as read: its mechanism lives in the pipeline
+        return value
 
     def apply_knobs(self) -> None:
         """Called by a pipeline phase once what its knobs act on exists (e.g. the loaded model)."""

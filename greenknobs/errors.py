@@ -30,3 +30,14 @@ class MeterUnavailable(GreenknobsError):
 class HopelessTrial(GreenknobsError):
     """Partway through training, a trial's validation quality is still at the trivial model's
     level: it cannot meet the quality floor, so it is stopped (Optuna PRUNED) to save energy."""
+
+
+class KnobNotApplied(KnobError):
+    """User code gave a declared knob no chance to act: it never handed over the object the knob
+    acts on (``trial.model(model)``, ``trial.optimizer(opt)``, ...). Raised at the first point this
+    is knowable -- before the energy of the phase it matters for is spent."""
+
+
+class TrialUsageError(GreenknobsError):
+    """User code used the trial API wrongly (a phase opened twice, no validation quality, a knob
+    asked for that the experiment does not declare and that has no default): one line saying what."""

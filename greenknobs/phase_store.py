@@ -42,9 +42,9 @@ from typing import Any
 
 from greenknobs.phases import Measurement, PhaseResult
 
-FORMAT = 2
+FORMAT = 3  # 3: define-by-run payloads {ctx, outputs, handed}
 BOUNDARIES = ("data", "model", "training")  # phases after which the state is stored, shallowest first
-NOT_PICKLED = ("meter", "teacher_loader", "apply_hook", "progress_check")
+PHASE_INDEX = {p: i for i, p in enumerate(("data", "model", "system", "training", "inference"))}
 
 
 def digest(parts: dict[str, Any]) -> str:
@@ -53,7 +53,7 @@ def digest(parts: dict[str, Any]) -> str:
 
 @dataclass
 class Entry:
-    ctx: Any  # the trial context as the boundary phase left it
+    ctx: Any  # what the trial stored at the boundary: {"ctx", "outputs", "handed"} (Trial.storable)
     rng: dict[str, Any] | None  # the random generators' state at that point (runtime.rng_state)
     phases: dict[str, PhaseResult]  # what the phases up to the boundary cost when they ran
     manifest: dict[str, Any]
@@ -164,14 +164,7 @@ class PhaseStore:
         if self.has(key):
             self.release(key)
             return False
-        saved = {name: getattr(ctx, name) for name in NOT_PICKLED if hasattr(ctx, name)}
-        try:
-            for name in saved:
-                setattr(ctx, name, None)
-            blob = pickle.dumps({"ctx": ctx, "rng": rng}, protocol=pickle.HIGHEST_PROTOCOL)
-        finally:
-            for name, value in saved.items():
-                setattr(ctx, name, value)
+        blob = pickle.dumps({"ctx": ctx, "rng": rng}, protocol=pickle.HIGHEST_PROTOCOL)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
             (tmp / "context.pkl").write_bytes(blob)
@@ -215,3 +208,82 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class ReuseSession:
+    """One trial's use of the store, as hooks around its phases (``greenknobs.trial`` calls them):
+
+    ``begin(trial)``    before the first phase: wait for a combination another worker is building,
+                        then load the deepest stored boundary and hand its state to the trial;
+    ``restore(phase)``  a phase covered by that entry returns its stored output and the energy
+                        building it cost (attributed) -- except ``system``, which sets up this
+                        process and always runs;
+    ``ran(phase)``      after a boundary phase ran: store the state (outputs so far, the trial's
+                        context and evidence, the objects handed over, the random generators);
+    ``end()``           release this worker's claim when the trial failed before its training ended.
+    """
+
+    def __init__(self, store: PhaseStore, keys: dict[str, str], meter: Any, info: dict[str, Any]):
+        self.store, self.keys, self.meter, self.info = store, keys, meter, info
+        self.status: dict[str, Any] = {"status": "built", "published": {}, "publish_j": 0.0}
+        self._entry: Entry | None = None
+        self._boundary: str | None = None
+
+    def begin(self, trial: Any) -> None:
+        waited = time.monotonic()
+        if self.store.wait_for(self.keys["training"]):  # another worker is training this very combination
+            self.status["waited_s"] = time.monotonic() - waited
+        with self.meter.window("reuse.load") as load:
+            found = self.store.load_deepest(self.keys)
+        self.status["load_j"] = load.measurement.energy_j
+        self.status["load_provenance"] = load.measurement.provenance
+        if found is not None:
+            self._boundary, self._entry = found
+            payload = self._entry.ctx
+            trial.adopt(payload["ctx"], payload.get("handed", {}), payload.get("outputs", {}))
+            from greenknobs.runtime import set_rng_state
+
+            if self._entry.rng is not None:
+                set_rng_state(self._entry.rng)
+            reused = [p for p in self._entry.phases if p != "system"]
+            self.status.update(status="reused", boundary=self._boundary, phases=reused, key=self.keys[self._boundary],
+                               from_trial=self._entry.manifest.get("trial"))
+        if "training" in self.keys and not self._covers("training") and not self.store.claim(self.keys["training"]):
+            self.status["training_entry"] = "claimed by another worker meanwhile: both build it, one copy is kept"
+
+    def _covers(self, phase: str) -> bool:
+        return self._entry is not None and phase in self._entry.phases and phase != "system"
+
+    def restore(self, phase: str, trial: Any) -> tuple[Any, PhaseResult] | None:
+        if not self._covers(phase):
+            return None
+        assert self._entry is not None
+        stored = self._entry.phases[phase]
+        last = [p for p in self._entry.phases if p != "system"][-1]
+        details = {**stored.details, "reused": {"from_trial": self._entry.manifest.get("trial"), "key": self.keys[self._boundary or phase]},
+                   "spent_j": self.status["load_j"] if phase == last else 0.0}
+        return trial.stored_output(phase), PhaseResult(phase, stored.measurement, details)
+
+    def ran(self, phase: str, trial: Any) -> None:
+        if phase not in BOUNDARIES or phase not in self.keys:
+            return
+        key = self.keys[phase]
+        if self.store.has(key):
+            return
+        from greenknobs.runtime import rng_state
+
+        state = rng_state()  # taken before anything else can draw from the generators
+        done = {p: r for p, r in trial.results.items() if PHASE_INDEX.get(p, 99) <= PHASE_INDEX[phase]}
+        with self.meter.window(f"reuse.publish.{phase}") as pub:
+            try:
+                with trial.storable() as payload:
+                    outcome: bool | str = self.store.publish(key, payload, done, {**self.info, "boundary": phase}, rng=state)
+            except Exception as exc:  # e.g. a compiled model or a lambda in an output: the trial goes on, unstored
+                self.store.release(key)
+                outcome = f"not stored: {type(exc).__name__}: {exc}"
+        self.status["published"][phase] = outcome
+        self.status["publish_j"] += pub.measurement.energy_j
+
+    def end(self) -> None:
+        if "training" in self.keys and "training" not in self.status["published"]:
+            self.store.release(self.keys["training"])  # failed before its training finished: let others build it

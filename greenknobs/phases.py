@@ -7,7 +7,7 @@ its parameters are named in ``meter_params``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from greenknobs.units import grams_per_phase
@@ -59,6 +59,13 @@ class Measurement:
     def avg_power_w(self) -> float:
         return self.energy_j / self.time_s if self.time_s > 0 else 0.0
 
+    def without(self, parts: list[Measurement]) -> Measurement:
+        """This window minus nested windows charged elsewhere (e.g. the search's own progress check)."""
+        comps = {k: {**v, "energy_j": v["energy_j"] - sum(p.components.get(k, {}).get("energy_j", 0.0) for p in parts)}
+                 for k, v in self.components.items()}
+        return replace(self, energy_j=self.energy_j - sum(p.energy_j for p in parts),
+                       time_s=self.time_s - sum(p.time_s for p in parts), components=comps)
+
     def label(self) -> str:
         """One line that never shows a figure without its meter, provenance and model parameters."""
         params = ", ".join(f"{k}={v}" for k, v in self.meter_params.items())
@@ -97,6 +104,8 @@ class TrialResult:
     carbon_intensity: dict[str, Any] | None = None
     process_state: dict[str, Any] = field(default_factory=dict)  # what was reset before the trial, and the state then
     reuse: dict[str, Any] = field(default_factory=dict)  # phase-output reuse: off | built | reused (load, publish J)
+    # the held-out window (the test split scored): measured and reported, never part of the objective
+    held_out: PhaseResult | None = None
 
     @property
     def energy_j(self) -> float:
@@ -161,6 +170,8 @@ class TrialResult:
             "phases": {
                 name: {**asdict(p.measurement), "details": p.details} for name, p in self.phases.items()
             },
+            "held_out": None if self.held_out is None else {**asdict(self.held_out.measurement),
+                                                             "details": self.held_out.details},
             "quality": self.quality,
             "samples": self.samples,
             "verifications": self.verifications,

@@ -1,9 +1,15 @@
-"""The five-phase pipeline contract, the pipeline registry, and the trial runner.
+"""Pipelines: your own code as one function of a trial (define-by-run), or the five-phase class.
 
-A pipeline implements one method per phase. Each phase runs inside one energy-meter window and
-must call ``ctx.apply_knobs()`` once, at the point where that phase's knobs can act (after the
-data is read, after the model is loaded, ...). The runner refuses a phase that forgot to, so a
-knob can never be silently skipped.
+A pipeline runs one trial on a ``greenknobs.trial.Trial``: it asks for knob values, opens one
+measured window per phase it has, hands its objects (model, tokenizer, loaders, optimizer,
+TrainingArguments) to the trial so the knobs act on them, and reports validation and test quality.
+
+* ``FunctionPipeline``: ``pipeline: {function: module:fn}`` (``fn(trial)``) or ``{script: train.py}``
+  (a script that asks ``greenknobs.current_trial()``) -- code you already have, a few lines changed.
+* ``Pipeline`` subclasses with five phase methods (``data``, ``model``, ``system``, ``training``,
+  ``inference``) that call ``ctx.apply_knobs()`` once each: a thin adapter runs them on the trial.
+  A subclass may instead override ``run(trial)`` and be written like a function pipeline (the
+  text-classification pipeline is).
 
 Pipelines are found by name: the ``greenknobs.pipelines`` entry-point group (the built-in ones
 register there in pyproject.toml; a user's package can do the same) or a ``module:Class`` path.
@@ -14,30 +20,23 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import time
-from abc import ABC, abstractmethod
+import runpy
+import sys
+from abc import ABC
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
 from greenknobs.context import TrialContext
-from greenknobs.errors import ConfigError
+from greenknobs.errors import ConfigError, TrialUsageError
 from greenknobs.knobs.base import Knob
 from greenknobs.knobs.compat import check_trial
 from greenknobs.meters.base import EnergyMeter
-from greenknobs.meters.noise import measure_phase
-from greenknobs.phase_store import BOUNDARIES, PhaseStore, digest
+from greenknobs.phase_store import BOUNDARIES, PhaseStore, ReuseSession, digest
 from greenknobs.phases import PHASES, SPLITS, PhaseResult, TrialResult
-from greenknobs.runtime import (
-    Runtime,
-    machine,
-    process_state,
-    reset_process_state,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from greenknobs.runtime import Runtime, machine, process_state, reset_process_state, seed_everything
+from greenknobs.trial import Trial, running
 
 ProgressFn = Callable[[str, PhaseResult], None]
 ENTRY_POINT_GROUP = "greenknobs.pipelines"
@@ -85,20 +84,23 @@ class Pipeline(ABC):
         baseline every saving is relative to -- is not inflated by them. None: no warm-up."""
         return None
 
-    @abstractmethod
-    def data(self, ctx: TrialContext) -> None: ...
+    # The experiment's quality metric (set by the search), so a bare returned score has a name.
+    objective_metric: str | None = None
 
-    @abstractmethod
-    def model(self, ctx: TrialContext) -> None: ...
+    def user_options(self) -> dict[str, Any]:
+        """What the code sees as ``trial.options``."""
+        return dict(self.options)
 
-    @abstractmethod
-    def system(self, ctx: TrialContext) -> None: ...
-
-    @abstractmethod
-    def training(self, ctx: TrialContext) -> None: ...
-
-    @abstractmethod
-    def inference(self, ctx: TrialContext) -> None: ...
+    def run(self, trial: Trial) -> Any:
+        """Run one trial. The default adapts the five phase methods: each runs as one phase of the
+        trial (reusable at the store's boundaries), with ``ctx.apply_knobs()`` acting at its point."""
+        for phase in PHASES:
+            method = getattr(self, phase, None)
+            if method is None:
+                raise TypeError(f"pipeline {self.name!r} defines neither run(trial) nor the phase method {phase}()")
+            trial.run_phase(phase, _phase_method(self, trial, phase), repeatable=phase in self.repeatable_phases)
+            trial.ctx.phase = None
+        return None
 
 
 # -- the registry ----------------------------------------------------------------------------------
@@ -124,28 +126,202 @@ def pipeline_class(name: str) -> type[Pipeline]:
     return cls
 
 
-# -- the trial runner ---------------------------------------------------------------------------------
-def _phase_run(pipeline: Pipeline, ctx: TrialContext, runtime: Runtime, phase: str,
-               phase_knobs: list[tuple[Knob, Any]]) -> Callable[[], None]:
-    """One run of a phase; later runs restore the context fields the first run started from."""
+# -- the five-phase adapter ---------------------------------------------------------------------------
+def _phase_method(pipeline: Pipeline, trial: Trial, phase: str) -> Callable[[], None]:
+    """One run of a five-phase pipeline's phase method; a repeat starts again from the context
+    fields the first run started from (a repeatable phase: inference)."""
+    ctx = trial.ctx
     snapshot = ctx.snapshot()
 
     def run() -> None:
         if phase in ctx.applied_phases:  # a repeat: start again from the same state
             ctx.restore(snapshot)
-        def apply_all() -> None:
-            for knob, value in phase_knobs:
-                knob.apply(ctx, value)
-
         ctx.phase = phase
-        ctx.apply_hook = apply_all
+        ctx.apply_hook = lambda: _apply_context_knobs(trial, phase)
         getattr(pipeline, phase)(ctx)
-        runtime.synchronize()
         ctx.apply_hook = None
         if phase not in ctx.applied_phases:
             raise RuntimeError(f"pipeline {pipeline.name!r} never called ctx.apply_knobs() in phase {phase!r}")
 
     return run
+
+
+def _apply_context_knobs(trial: Trial, phase: str) -> None:
+    """``ctx.apply_knobs()`` of a five-phase pipeline: its model is handed over in the model phase
+    (the model knobs act on it, as on any handed-over model), then knobs with a context hook act."""
+    ctx = trial.ctx
+    if phase == "model" and ctx.model is not None:
+        ctx.model = trial.model(ctx.model, calibration=ctx.train or None, pad_id=ctx.pad_id)
+    for knob, value in trial.knob_values(phase):
+        if knob.acting:
+            knob.apply(ctx, value)
+
+
+# -- pipelines written as one function (define-by-run) ---------------------------------------------------
+class FunctionPipeline(Pipeline):
+    """Your own training code as a pipeline: ``fn(trial)`` (``pipeline: {function: module:fn}``), or
+    a script run as ``__main__`` for each trial that asks ``greenknobs.current_trial()`` (``script:``).
+    Options other than ``function``/``script`` reach the code as ``trial.options``."""
+
+    name = "function"
+    knobs: ClassVar[tuple[str, ...]] = ()  # any knob the experiment declares
+    any_knob = True
+    metrics: ClassVar[dict[str, str]] = {}  # from the experiment's objectives
+    default_metric = "macro_f1"
+    repeatable_phases = ()
+
+    def __init__(self, options: dict[str, Any], target: Callable[[Trial], Any] | None = None):
+        super().__init__(options)
+        self._target = target
+
+    @property
+    def label(self) -> str:
+        return self.options.get("function") or self.options.get("script") or getattr(self._target, "__qualname__", "function")
+
+    @property
+    def code_module(self) -> str | None:
+        fn = self.target()
+        return getattr(fn, "__module__", None)
+
+    def target(self) -> Callable[[Trial], Any]:
+        if self._target is None:
+            self._target = load_target(self.options)
+        return self._target
+
+    def run(self, trial: Trial) -> Any:
+        return self.target()(trial)
+
+    def user_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if k not in ("function", "script", "folder")}
+
+
+def load_target(options: dict[str, Any]) -> Callable[[Trial], Any]:
+    """The code a function pipeline runs: ``module:function`` (the experiment's folder importable),
+    or a script path whose module-level code runs once per trial."""
+    folder = options.get("folder")
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)  # the experiment's own folder: its modules import as a newcomer expects
+    if options.get("script"):
+        path = Path(options["script"])
+        if not path.is_absolute() and folder:
+            path = Path(folder) / path
+        if not path.is_file():
+            raise ConfigError("pipeline.script", f"no such script: {path}")
+
+        def run_script(trial: Trial, path: Path = path) -> Any:
+            with running(trial):
+                namespace = runpy.run_path(str(path), run_name="__main__")
+            return namespace.get("greenknobs_result")
+
+        run_script.__qualname__ = f"script:{path.name}"
+        run_script.__module__ = "__main__"
+        return run_script
+    ref = options.get("function")
+    module_name, _, attr = (ref or "").partition(":")
+    if not module_name or not attr:
+        raise ConfigError("pipeline.function", f"expected 'module:function', got {ref!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        where = f" (looked in {folder} and the installed packages)" if folder else ""
+        raise ConfigError("pipeline.function", f"cannot import {ref!r}: {exc}{where}") from None
+    if not callable(fn):
+        raise ConfigError("pipeline.function", f"{ref!r} is not callable")
+    return fn
+
+
+# -- the trial runner ---------------------------------------------------------------------------------
+def run_trial(*args: Any, **kwargs: Any) -> TrialResult:
+    """Run one trial (see ``execute_trial``) and return what it produced."""
+    return execute_trial(*args, **kwargs)[0]
+
+
+def _release_all(knob_values: list[tuple[Knob, Any]], ctx: TrialContext) -> None:
+    """Every knob gives back what it took, even when another one's release fails."""
+    errors = []
+    for knob, value in knob_values:
+        try:
+            knob.release(ctx, value)
+        except Exception as exc:
+            errors.append(f"{knob.name}: {type(exc).__name__}: {exc}")
+    if errors:
+        raise RuntimeError("releasing knobs failed: " + "; ".join(errors))
+
+
+def execute_trial(
+    pipeline: Pipeline,
+    knob_values: list[tuple[Knob, Any]],
+    meter: EnergyMeter,
+    runtime: Runtime,
+    seed: int,
+    progress: ProgressFn | None = None,
+    *,
+    repeats: int = 1,
+    spread_warning: float = 0.10,
+    idle_power: dict[str, Any] | None = None,
+    carbon_intensity: dict[str, Any] | None = None,
+    store: PhaseStore | None = None,
+    progress_check: Callable[[float, Callable[[], float]], None] | None = None,
+    trial_number: int | None = None,
+    smoke: bool = False,
+    workdir: Path | None = None,
+) -> tuple[TrialResult, TrialContext]:
+    """Run the pipeline on a ``Trial`` with these knob values, then verify every knob. Returns the
+    result and the context the phases left (what verify read: tests re-judge it).
+
+    Each phase is one meter window (greenknobs.trial). ``repeats`` measures the pipeline's
+    repeatable phases (inference) that many times and keeps median and spread. ``store``: phase-output
+    reuse through a ``ReuseSession`` (phase_store.py) the trial consults around its phases.
+    ``progress_check(fraction, validate)``: the search stops hopeless trials with it.
+    Every knob's ``release`` runs afterwards, whether the trial succeeded or not.
+
+    Raises IncompatibleKnobs before anything runs if a value cannot work on ``runtime``;
+    KnobError if a knob's verification shows it did not take effect; TrialUsageError when the code
+    used the trial wrongly.
+    """
+    check_trial(pipeline, knob_values, runtime)  # single values, then combinations, then the pipeline's own limits
+    if not getattr(pipeline, "any_knob", False):
+        unknown = [k.name for k, _ in knob_values if k.name not in pipeline.knobs]
+        if unknown:
+            raise ConfigError(f"knobs.{unknown[0]}", f"not supported by pipeline {pipeline.name!r}")
+    reset = reset_process_state()  # every trial starts from the same process state, whatever ran before
+    seed_everything(seed)
+    start_state = process_state()
+    session = None
+    if store is not None and getattr(pipeline, "reusable", True):
+        session = ReuseSession(store, reuse_keys(pipeline, knob_values, runtime, meter, seed), meter,
+                               {"pipeline": pipeline.name, "trial": trial_number})
+    metric = getattr(pipeline, "objective_metric", None)
+    trial = Trial({k.name: v for k, v in knob_values}, [k for k, _ in knob_values], meter=meter, runtime=runtime,
+                  seed=seed, number=trial_number, options=pipeline.user_options(), progress=progress,
+                  progress_check=progress_check, reuse=session, repeats=repeats, spread_warning=spread_warning,
+                  smoke=smoke, workdir=workdir, objective_metric=metric)
+    try:
+        if session is not None:
+            session.begin(trial)
+        returned = pipeline.run(trial)
+        verifications = trial.finish(returned)
+        missing = [split for split in SPLITS if not trial.ctx.quality.get(split)]
+        if SPLITS[0] in missing:
+            raise TrialUsageError(f"pipeline {pipeline.name!r} scored no validation split")
+    finally:
+        if session is not None:
+            session.end()
+        trial.release()
+        _release_all(knob_values, trial.ctx)
+    ctx = trial.ctx
+    return TrialResult(
+        knob_values={k.name: v for k, v in knob_values},
+        phases=trial.results,
+        quality={split: dict(scores) for split, scores in ctx.quality.items()},
+        samples=dict(ctx.samples),
+        verifications=verifications,
+        idle_power=idle_power,
+        carbon_intensity=carbon_intensity,
+        process_state={"reset": reset, "at_start": start_state},
+        reuse=session.status if session is not None else {"status": "off"},
+        held_out=trial.held_out_result,
+    ), ctx
 
 
 @functools.cache
@@ -191,158 +367,3 @@ def reuse_keys(pipeline: Pipeline, knob_values: list[tuple[Knob, Any]], runtime:
         if phase in BOUNDARIES:
             keys[phase] = digest({"output": output, "cost_only_knobs": cost_only, **where})
     return keys
-
-
-def _publish(store: PhaseStore, key: str, ctx: TrialContext, results: dict[str, PhaseResult], meter: EnergyMeter,
-             reuse: dict[str, Any], info: dict[str, Any]) -> None:
-    """Store the state after a boundary phase (in its own meter window: the search pays for it)."""
-    boundary = info["boundary"]
-    if store.has(key):
-        return
-    state = rng_state()  # taken before anything else can draw from the generators
-    done = {p: results[p] for p in PHASES[:PHASES.index(boundary) + 1] if p in results}
-    with meter.window(f"reuse.publish.{boundary}") as pub:
-        try:
-            outcome: bool | str = store.publish(key, ctx, done, info, rng=state)
-        except Exception as exc:  # e.g. a compiled model cannot be pickled: the trial goes on, unstored
-            store.release(key)
-            outcome = f"not stored: {type(exc).__name__}: {exc}"
-    reuse["published"][boundary] = outcome
-    reuse["publish_j"] += pub.measurement.energy_j
-
-
-def _release_all(knob_values: list[tuple[Knob, Any]], ctx: TrialContext) -> None:
-    """Every knob gives back what it took, even when another one's release fails."""
-    errors = []
-    for knob, value in knob_values:
-        try:
-            knob.release(ctx, value)
-        except Exception as exc:
-            errors.append(f"{knob.name}: {type(exc).__name__}: {exc}")
-    if errors:
-        raise RuntimeError("releasing knobs failed: " + "; ".join(errors))
-
-
-def run_trial(*args: Any, **kwargs: Any) -> TrialResult:
-    """Run one trial (see ``execute_trial``) and return what it produced."""
-    return execute_trial(*args, **kwargs)[0]
-
-
-def execute_trial(
-    pipeline: Pipeline,
-    knob_values: list[tuple[Knob, Any]],
-    meter: EnergyMeter,
-    runtime: Runtime,
-    seed: int,
-    progress: ProgressFn | None = None,
-    *,
-    repeats: int = 1,
-    spread_warning: float = 0.10,
-    idle_power: dict[str, Any] | None = None,
-    carbon_intensity: dict[str, Any] | None = None,
-    store: PhaseStore | None = None,
-    progress_check: Callable[[float, Callable[[], float]], None] | None = None,
-    trial_number: int | None = None,
-) -> tuple[TrialResult, TrialContext]:
-    """Run every phase with its knobs applied, one meter window per phase, then verify every knob.
-    Returns the result and the context the phases left (what verify read: tests re-judge it).
-
-    ``repeats`` measures the pipeline's repeatable phases (inference) that many times and keeps
-    median and spread; a repeatable phase shorter than the meter resolves runs several times in
-    one window; other short phases are flagged ``below_resolution`` (see meters/noise.py).
-    ``idle_power`` ({"watts", "meter", "provenance", ...} from noise.measure_idle_power) and ``carbon_intensity``
-    ({"g_per_kwh", "source", "pue"}, see meters/carbon.py) are carried into the result.
-    Every knob's ``release`` runs afterwards, whether the trial succeeded or not.
-    ``store``: phase-output reuse (phase_store.py): the trained state of an identical earlier
-    trial is loaded instead of rebuilt; ``progress_check(fraction, validate)`` is called by the
-    training loop as it passes fractions of its steps (the search stops hopeless trials with it).
-
-    Raises IncompatibleKnobs before anything runs if a value cannot work on ``runtime``;
-    KnobError if a knob's verification shows it did not take effect.
-    """
-    check_trial(pipeline, knob_values, runtime)  # single values, then combinations, then the pipeline's own limits
-    unknown = [k.name for k, _ in knob_values if k.name not in pipeline.knobs]
-    if unknown:
-        raise ConfigError(f"knobs.{unknown[0]}", f"not supported by pipeline {pipeline.name!r}")
-
-    reset = reset_process_state()  # every trial starts from the same process state, whatever ran before
-    seed_everything(seed)
-    ctx = TrialContext(runtime, seed, meter=meter, progress_check=progress_check)
-    results: dict[str, PhaseResult] = {}
-    start_state = process_state()
-    reuse: dict[str, Any] = {"status": "off"}
-    to_run: tuple[str, ...] = PHASES
-    keys: dict[str, str] = {}
-    if store is not None:
-        keys = reuse_keys(pipeline, knob_values, runtime, meter, seed)
-        waited = time.monotonic()
-        if store.wait_for(keys["training"]):  # another worker is training this very combination: its model, soon
-            reuse["waited_s"] = time.monotonic() - waited
-        with meter.window("reuse.load") as load:
-            found = store.load_deepest(keys)
-        spent = load.measurement.energy_j
-        if found is not None:
-            boundary, entry = found
-            ctx = entry.ctx
-            ctx.meter, ctx.progress_check = meter, progress_check
-            if entry.rng is not None:
-                set_rng_state(entry.rng)
-            # the phases up to the boundary are not run again, except system (it sets this process up)
-            reused = [p for p in PHASES[:PHASES.index(boundary) + 1] if p != "system"]
-            ctx.applied_phases -= {"system", "inference"}
-            for phase in reused:  # attributed: what building them cost; spent: the load, on the last one
-                results[phase] = PhaseResult(phase, entry.phases[phase].measurement, {
-                    **entry.phases[phase].details, "reused": {"from_trial": entry.manifest.get("trial"), "key": keys[boundary]},
-                    "spent_j": spent if phase == reused[-1] else 0.0})
-                if progress:
-                    progress(phase, results[phase])
-            to_run = tuple(p for p in PHASES if p not in reused)
-            reuse = {**reuse, "status": "reused", "boundary": boundary, "phases": reused, "key": keys[boundary],
-                     "from_trial": entry.manifest.get("trial"), "load_j": spent,
-                     "load_provenance": load.measurement.provenance}
-        else:
-            reuse = {**reuse, "status": "built", "load_j": spent}
-        # claimed while it trains: a worker given the same combination meanwhile waits for it (wait_for above)
-        if "training" in to_run and not store.claim(keys["training"]):
-            reuse["training_entry"] = "claimed by another worker meanwhile: both build it, one copy is kept"
-        reuse.update(published={}, publish_j=0.0)
-    try:
-        for phase in to_run:
-            state = process_state()
-            phase_knobs = sorted(((k, v) for k, v in knob_values if k.phase == phase), key=lambda kv: kv[0].order)
-            run = _phase_run(pipeline, ctx, runtime, phase, phase_knobs)
-
-            def aborted(m, phase=phase):  # what a failing phase spent still reaches the caller (search cost)
-                if progress:
-                    progress(phase, PhaseResult(phase, m, {"aborted": True}))
-
-            measurement, facts = measure_phase(meter, phase, run, repeatable=phase in pipeline.repeatable_phases,
-                                               repeats=repeats, spread_warning=spread_warning, on_abort=aborted)
-            details = {**ctx.phase_details.get(phase, {}), "measurement": facts, "process_state_at_start": state}
-            results[phase] = PhaseResult(phase, measurement, details)
-            if progress:
-                progress(phase, results[phase])
-            if store is not None and phase in BOUNDARIES:
-                _publish(store, keys[phase], ctx, results, meter, reuse, {"pipeline": pipeline.name,
-                                                                          "trial": trial_number, "boundary": phase})
-        ctx.phase = None
-        missing = [split for split in SPLITS if not ctx.quality.get(split)]
-        if missing:
-            raise RuntimeError(f"pipeline {pipeline.name!r} scored no {' or '.join(missing)} split: its inference phase must "
-                               "fill ctx.quality['validation'] (searched) and ctx.quality['test'] (held out)")
-        verifications = {k.name: {"value": v, **k.verify(ctx, v)} for k, v in knob_values}
-    finally:
-        if store is not None and keys and "training" not in reuse.get("published", {}):
-            store.release(keys["training"])  # the trial failed before its training finished: let others build it
-        _release_all(knob_values, ctx)
-    return TrialResult(
-        knob_values={k.name: v for k, v in knob_values},
-        phases=results,
-        quality={split: dict(scores) for split, scores in ctx.quality.items()},
-        samples=dict(ctx.samples),
-        verifications=verifications,
-        idle_power=idle_power,
-        carbon_intensity=carbon_intensity,
-        process_state={"reset": reset, "at_start": start_state},
-        reuse=reuse,
-    ), ctx

@@ -9,7 +9,8 @@ data:      read the articles, drop exact duplicates, seeded split by article (st
 model:     a fresh decoder from a config (``model: scratch``) or a trained one from a directory
            (e.g. one this pipeline saved with ``save_model``: the test bed for pruning + healing)
 training:  the shared loop (ml.train_loop.train), next-token cross-entropy
-inference: validation perplexity (searched) and test perplexity (held out) in blocks of
+inference: validation perplexity (searched); test perplexity is scored in the held-out window
+           (outside the objective); both in blocks of
            inference.seq_len (0 = pipeline.eval_seq_len, fixed so that trials with different
            training block lengths stay comparable); the trivial predictor is a unigram model fit
            on the training tokens
@@ -28,8 +29,13 @@ import torch.nn.functional as F
 from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.ml import distill, hf, metrics, token_cache
 from greenknobs.ml import train_loop as loop
-from greenknobs.ml.data import deduplicate_training, drop_duplicate_texts, stratified_subset, subsample_training
-from greenknobs.ml.quantize import count_quantized_linears
+from greenknobs.ml.data import (
+    carve_stopping_rows,
+    deduplicate_training,
+    drop_duplicate_texts,
+    stratified_subset,
+    subsample_training,
+)
 from greenknobs.pipeline import Pipeline
 from pipelines.text_data import (
     check_dataset,
@@ -103,7 +109,7 @@ class LanguageModelTask:
         return collate
 
     def observe(self, ctx, batch: dict[str, Any]) -> None:
-        ctx.observed.record_max("longest_input_tokens", batch["input_ids"].shape[1])
+        """Nothing to record: the knobs watch the lengths the model is fed."""
 
     def extra_trainable(self, ctx) -> list:
         return []
@@ -116,7 +122,12 @@ class LanguageModelTask:
         return distill.soft_kl_tokens(student, teacher, t, facts)  # mean over predicted tokens
 
     def validate(self, ctx, model) -> float:
-        return -perplexity(ctx, model, ctx.validation, ctx.setting("system.train_batch_size"))
+        """Minus validation perplexity now: what the search's progress check reads."""
+        return -perplexity(ctx, model, ctx.validation, loop.NATIVE_BATCH)
+
+    def stop_score(self, ctx, model) -> float:
+        """What early stopping reads: blocks carved from the training split, never validation."""
+        return -perplexity(ctx, model, ctx.extras["early_stopping_rows"], loop.NATIVE_BATCH)
 
 
 class CausalLMPipeline(Pipeline):
@@ -180,7 +191,18 @@ class CausalLMPipeline(Pipeline):
                                     "model directory (a model trained from scratch has no unpruned teacher)")
 
     # -- phases ------------------------------------------------------------------------------
-    def data(self, ctx) -> None:
+    # -- one trial, written as user code would be (greenknobs.trial) ---------------------------------
+    def run(self, trial) -> None:
+        trial.run_phase("data", self.data, trial)
+        trial.run_phase("model", self.model, trial)
+        trial.run_phase("system", self.system, trial)
+        trial.run_phase("training", self.training, trial)
+        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
+        with trial.held_out():
+            self.serve(trial, "test")
+
+    def data(self, trial) -> None:
+        ctx = trial.ctx
         ds = self.options["dataset"]
         articles = load_bbc_news() if ds == "bbc-news" else load_table(
             ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
@@ -191,8 +213,7 @@ class CausalLMPipeline(Pipeline):
         train, ctx.validation, ctx.test = metrics.stratified_split(
             articles, (split["train"], split["validation"], split["test"]), ctx.seed)
         ctx.train = train
-        ctx.apply_knobs()  # dedup, train_fraction, max_seq_len (block length), tokenizer_cache: settings
-        tokenizer = hf.load_tokenizer(hf.bundled_minilm_dir())
+        tokenizer = hf.load_tokenizer(hf.bundled_minilm_dir())  # not handed over: articles are streamed, then cut into blocks
         rows = train + ctx.validation + ctx.test
         ids, stats = token_cache.tokenize(
             [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=False, verbose=False)["input_ids"],
@@ -206,13 +227,14 @@ class CausalLMPipeline(Pipeline):
         ctx.extras["vocab_map"] = {t: i + 1 for i, t in enumerate(keep)}  # 0 = [UNK]
         ctx.extras["vocab"] = self.options["vocab_size"]
         deduplicate_training(ctx)
-        block = ctx.setting("data.max_seq_len")
+        block = ctx.setting("data.max_seq_len")  # this pipeline's own mechanism: the training block length
         ctx.extras["train_stream"] = self._stream(ctx, ctx.train)
         ctx.train = [{"input_ids": b} for b in blocks(ctx.extras["train_stream"], block)]
+        if ctx.setting("training.early_stopping_patience"):  # early stopping scores blocks carved from training
+            ctx.train, ctx.extras["early_stopping_rows"] = carve_stopping_rows(ctx.train, ctx.seed)
         subsample_training(ctx)  # a seeded fraction of the training blocks (one stratum: no labels)
-        ctx.observed.record("truncated_train_inputs", len(ctx.train))  # every block is cut at the limit
         ctx.extras["validation_articles"], ctx.extras["test_articles"] = ctx.validation, ctx.test
-        # early stopping's validation passes use blocks of the training length (compared within a trial only)
+        # the progress check scores validation in blocks of the training length (compared within a trial only)
         ctx.validation = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.validation), block)]
         ctx.samples["data"] = len(articles)
         ctx.detail("duplicates_dropped_before_split", dropped)
@@ -225,73 +247,59 @@ class CausalLMPipeline(Pipeline):
     def _stream(ctx, articles) -> list[int]:
         return [ctx.extras["vocab_map"].get(t, 0) for r in articles for t in r["ids"]]
 
-    def model(self, ctx) -> None:
+    def model(self, trial) -> None:
+        ctx = trial.ctx
         o = self.options
         if o["model"] == "scratch":
             torch.manual_seed(ctx.seed)
-            ctx.model = hf.llama_lm_from_config(
+            model = hf.llama_lm_from_config(
                 vocab_size=ctx.extras["vocab"], hidden_size=o["hidden_size"], intermediate_size=o["hidden_size"] * 3,
                 num_hidden_layers=o["layers"], num_attention_heads=o["heads"], num_key_value_heads=o["heads"],
                 max_position_embeddings=1024, tie_word_embeddings=True)
             ctx.teacher_loader = None
         else:
             source = hf.resolve_model_dir(o["model"])
-            ctx.model = hf.load_causal_lm(source)
-            if ctx.model.config.vocab_size != ctx.extras["vocab"]:
-                raise ConfigError("pipeline.model", f"its vocabulary has {ctx.model.config.vocab_size} tokens, "
+            model = hf.load_causal_lm(source)
+            if model.config.vocab_size != ctx.extras["vocab"]:
+                raise ConfigError("pipeline.model", f"its vocabulary has {model.config.vocab_size} tokens, "
                                                     f"pipeline.vocab_size is {ctx.extras['vocab']}")
             ctx.teacher_loader = lambda: hf.load_causal_lm(source)  # the unpruned model as loaded
-        ctx.apply_knobs()  # pruning, dtype and attention act now; quantisation and LoRA follow in order
-        loop.prepare_model(ctx, trainable_heads=[])
+        # pruning (calibrated on training blocks), dtype, attention, quantised loading, LoRA act as it is handed over
+        ctx.model = trial.model(model, calibration=ctx.train, pad_id=0)
         ctx.detail("parameters", sum(p.numel() for p in ctx.model.parameters()))
 
-    def system(self, ctx) -> None:
-        ctx.apply_knobs()
+    def system(self, trial) -> None:
+        ctx = trial.ctx
         ctx.model.to(ctx.runtime.device)
         ctx.detail("device", ctx.runtime.device)
         ctx.detail("threads", torch.get_num_threads())
 
-    def training(self, ctx) -> None:
-        ctx.apply_knobs()
+    def training(self, trial) -> None:
+        ctx = trial.ctx
         loop.train(ctx, LanguageModelTask())
         if self.options["save_model"]:
             hf.save_pretrained(ctx.trained_model, self.options["save_model"])
 
-    def inference(self, ctx) -> None:
-        """Perplexity on the validation articles (searched) and the test articles (held out), in
-        fixed-length blocks: one fixed workload, so inference energy compares across trials."""
-        ctx.apply_knobs()  # batch size, quantisation, precision, compile, seq_len
-        model = ctx.model
+    def serve(self, trial, split: str) -> None:
+        """Perplexity of one split's articles in fixed-length blocks: validation (searched, the
+        inference phase) or test (held out, its own window)."""
+        ctx = trial.ctx
+        model = ctx.model  # the serving knobs acted on it as the window opened
         model.eval()
-        served, compile_stats = loop.inference_model(ctx, model)
         length = ctx.setting("inference.seq_len") or self.options["eval_seq_len"]
         ctx.observed.record("inference_default_len", self.options["eval_seq_len"])
-        ctx.observed.record("threads_in_inference", torch.get_num_threads())
-        ctx.observed.record("inference_quantized_linears", count_quantized_linears(model))
         ctx.observed.record("inference_block_len", length)
-        ctx.quality, served_blocks, tokens = {}, 0, {}
-        for split in ("validation", "test"):
-            rows = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.extras[f"{split}_articles"]), length)]
-            ppl, tokens[split] = self._perplexity(ctx, served, rows)
-            ctx.quality[split] = {"perplexity": ppl,
-                                  "unigram_perplexity": unigram_perplexity(ctx.extras["train_stream"], rows, ctx.extras["vocab"])}
-            served_blocks += len(rows)
-        ctx.observed.record("inference_compile", dict(compile_stats))
-        ctx.samples["inference"] = served_blocks
-        ctx.detail("tokens", tokens)
-        ctx.detail("workload", f"validation + test articles in {served_blocks} blocks of {length} tokens")
-
-    @staticmethod
-    def _perplexity(ctx, served, rows) -> tuple[float, int]:
-        batch_size, device = ctx.setting("inference.batch_size"), ctx.runtime.device
+        rows = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.extras[f"{split}_articles"]), length)]
+        loader = trial.eval_loader(torch.utils.data.DataLoader(rows, batch_size=32, collate_fn=collate))
         total, count = 0.0, 0
         with torch.inference_mode():
-            for s in range(0, len(rows), batch_size):
-                ids = torch.tensor([r["input_ids"] for r in rows[s: s + batch_size]]).to(device)
+            for batch in loader:
+                ids = batch["input_ids"].to(ctx.runtime.device)
                 ctx.observed.record_max("inference_longest_input", ids.shape[1])
-                ctx.observed.record_max("inference_batch_size_max", ids.shape[0])
-                nll, n, logits = token_nll(served, ids)
-                ctx.observed.record("inference_logits_dtype", str(logits.dtype))
+                nll, n, _ = token_nll(model, ids)
                 total, count = total + nll, count + n
-        ctx.observed.record_max("inference_largest_split", len(rows))  # batches never span two splits
-        return math.exp(total / max(count, 1)), count
+        ctx.quality[split] = {"perplexity": math.exp(total / max(count, 1)),
+                              "unigram_perplexity": unigram_perplexity(ctx.extras["train_stream"], rows, ctx.extras["vocab"])}
+        ctx.samples["inference" if split == "validation" else "test"] = len(rows)
+        ctx.detail("tokens", count)
+        ctx.detail("workload", f"{split} articles in {len(rows)} blocks of {length} tokens")

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.ml import distill, early_exit, hf, layers, metrics, probes, token_cache
 from greenknobs.ml import train_loop as loop
-from greenknobs.ml.data import drop_duplicate_texts, select_training_examples, stratified_subset
-from greenknobs.ml.quantize import count_quantized_linears
+from greenknobs.ml.data import carve_stopping_rows, drop_duplicate_texts, select_training_examples, stratified_subset
 from greenknobs.pipeline import Pipeline
 from pipelines.text_data import (
     check_dataset,
@@ -96,7 +95,6 @@ class ClassificationTask:
     def observe(self, ctx, batch: dict[str, Any]) -> None:
         lengths = batch["attention_mask"].sum(1)
         width, longest = batch["input_ids"].shape[1], int(lengths.max())
-        ctx.observed.record_max("longest_input_tokens", longest)
         st = ctx.observed.values.setdefault("train_padding_stats", {
             "batches": 0, "pad_tokens": 0, "real_tokens": 0, "wider_than_longest": 0, "min_width": width, "max_width": width})
         st["batches"] += 1
@@ -145,11 +143,19 @@ class ClassificationTask:
         return distill.soft_kl(student, teacher, t, facts)
 
     def validate(self, ctx, model) -> float:
-        preds = predict(ctx, model, ctx.validation, ctx.setting("system.train_batch_size"))
-        return metrics.macro_f1([r["label"] for r in ctx.validation], preds)
+        """Validation quality now: what the search's progress check reads (nothing else may)."""
+        return _macro_f1(ctx, model, ctx.validation)
+
+    def stop_score(self, ctx, model) -> float:
+        """What early stopping reads: rows carved from the training split, never validation."""
+        return _macro_f1(ctx, model, ctx.extras["early_stopping_rows"])
 
 
-def predict(ctx, model, rows, batch_size: int, limit: int | None = None) -> list[int]:
+def _macro_f1(ctx, model, rows) -> float:
+    return metrics.macro_f1([r["label"] for r in rows], predict(ctx, model, rows))
+
+
+def predict(ctx, model, rows, batch_size: int = 32, limit: int | None = None) -> list[int]:
     model.eval()
     device, out = ctx.runtime.device, []
     with torch.inference_mode():
@@ -229,8 +235,21 @@ class TextClassificationPipeline(Pipeline):
             raise IncompatibleKnobs(f"inference.seq_len={limit} cuts nothing: inputs are already at most "
                                     f"data.max_seq_len={max_len} tokens")
 
-    # -- phases ------------------------------------------------------------------------------
-    def data(self, ctx) -> None:
+    # -- one trial, written as user code would be (greenknobs.trial) ---------------------------------
+    def run(self, trial) -> None:
+        """Each phase a function the trial runs (its output reusable by later trials); the model,
+        tokenizer, loaders and optimizer go through the trial, so the knobs act on them; the test
+        split is scored in the held-out window, outside the objective."""
+        trial.run_phase("data", self.data, trial)
+        trial.run_phase("model", self.model, trial)
+        trial.run_phase("system", self.system, trial)
+        trial.run_phase("training", self.training, trial)
+        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
+        with trial.held_out():
+            self.serve(trial, "test")
+
+    def data(self, trial) -> None:
+        ctx = trial.ctx
         ds = self.options["dataset"]
         examples = load_bbc_news() if ds == "bbc-news" else load_table(
             ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
@@ -241,56 +260,54 @@ class TextClassificationPipeline(Pipeline):
         split = self.options["split"]
         ctx.train, ctx.validation, ctx.test = metrics.stratified_split(
             examples, (split["train"], split["validation"], split["test"]), ctx.seed)
-        ctx.apply_knobs()  # dedup, train_fraction, max_seq_len, padding, tokenizer_cache: all settings
-        select_training_examples(ctx)  # de-duplicate, then subsample
-        # the trivial predictors' scores depend on the labels only: computed here, once, so the inference
-        # window measures serving the model (their seeded simulation costs ~0.5 CPU-s per split)
+        if ctx.setting("training.early_stopping_patience"):  # early stopping scores rows carved from training
+            ctx.train, ctx.extras["early_stopping_rows"] = carve_stopping_rows(ctx.train, ctx.seed)
+        select_training_examples(ctx)  # de-duplicate, then subsample (data.dedup, data.train_fraction)
+        # the trivial predictors' scores depend on the labels only: computed here, once, so the serving
+        # windows measure serving the model (their seeded simulation costs ~0.5 CPU-s per split)
         train_labels = [r["label"] for r in ctx.train]
         ctx.extras["trivial"] = {part: metrics.trivial_scores(train_labels, [r["label"] for r in getattr(ctx, part)],
                                                               ctx.seed) for part in ("validation", "test")}
         ctx.extras["model_dir"] = hf.resolve_model_dir(self.options["model"])
-        tokenizer = hf.load_tokenizer(ctx.extras["model_dir"])
+        tokenizer = trial.tokenizer(hf.load_tokenizer(ctx.extras["model_dir"]))  # data.max_seq_len caps every call
         ctx.pad_id = tokenizer.pad_token_id or 0
-        max_len = ctx.setting("data.max_seq_len")
-        rows = ctx.train + ctx.validation + ctx.test
+        limit = tokenizer.model_max_length
+        rows = ctx.train + ctx.extras.get("early_stopping_rows", []) + ctx.validation + ctx.test
         ids, stats = token_cache.tokenize(
-            [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=True, max_length=max_len)["input_ids"],
-            f"{type(tokenizer).__name__}|{tokenizer.name_or_path}|{len(tokenizer)}", max_len,
+            [r["text"] for r in rows], lambda texts: tokenizer(texts, truncation=True, max_length=NATIVE_MAX_LEN)["input_ids"],
+            f"{type(tokenizer).__mro__[-3].__name__}|{tokenizer.name_or_path}|{len(tokenizer)}", limit,
             ctx.setting("data.tokenizer_cache"))
         for r, i in zip(rows, ids):
             r["input_ids"] = i
         ctx.observed.record("tokenization", stats)
-        for part in ("train", "validation", "test"):
-            ctx.observed.record(f"truncated_{part}_inputs", sum(len(r["input_ids"]) >= max_len for r in getattr(ctx, part)))
         ctx.samples["data"] = len(examples)
         ctx.detail("duplicates_dropped_before_split", dropped)
         ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
         ctx.detail("labels", ctx.extras["label_names"])
         ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
 
-    def model(self, ctx) -> None:
+    def model(self, trial) -> None:
+        ctx = trial.ctx
         load = functools.partial(hf.load_sequence_classifier, num_labels=len(ctx.extras["label_names"]),
                                  id2label=dict(enumerate(ctx.extras["label_names"])))
-        ctx.model = load(ctx.extras["model_dir"])
+        # pruning, dtype, attention, quantised loading and LoRA act on the model as it is handed over;
+        # block-scoring pruning methods calibrate on training rows (never validation)
+        ctx.model = trial.model(load(ctx.extras["model_dir"]), calibration=ctx.train, pad_id=ctx.pad_id)
         teacher = self.options["teacher"]
         # distillation's teacher: the unpruned model as loaded (or a given fine-tuned one), reloaded
         # in the training phase only when distillation is on, so its cost lands in training energy
         source = ctx.extras["model_dir"] if teacher == "model" else (hf.resolve_model_dir(teacher) if teacher else None)
         ctx.teacher_loader = (lambda: load(source)) if source else None
-        ctx.apply_knobs()  # pruning, dtype and attention act now; quantisation and LoRA follow in order
-        heads = [n for n, m in ctx.model.named_children()
-                 if n != ctx.model.base_model_prefix and any(True for _ in m.parameters())]
-        loop.prepare_model(ctx, heads)
         ctx.detail("parameters", sum(p.numel() for p in ctx.model.parameters()))
 
-    def system(self, ctx) -> None:
-        ctx.apply_knobs()  # threads, batch sizes, workers, compile, power limit
+    def system(self, trial) -> None:
+        ctx = trial.ctx
         ctx.model.to(ctx.runtime.device)
         ctx.detail("device", ctx.runtime.device)
         ctx.detail("threads", torch.get_num_threads())
 
-    def training(self, ctx) -> None:
-        ctx.apply_knobs()  # epochs, learning rate, precision, optimizer, ...
+    def training(self, trial) -> None:
+        ctx = trial.ctx
         task = ClassificationTask()
         loop.train(ctx, task)
         task.finish(ctx)
@@ -301,54 +318,44 @@ class TextClassificationPipeline(Pipeline):
             "loss_mean": round(task.exit_loss / max(task.exit_steps, 1), 5),
             "weights_moved": head is not None and probes.checksum(head) != task.exit_before})
 
-    def inference(self, ctx) -> None:
-        """Serve one fixed workload -- every validation and test article -- with the trained model.
-        Validation scores steer the search; test scores are reported, never searched on."""
-        ctx.apply_knobs()  # batch size, quantisation (replaces ctx.model), precision, compile, seq_len, early exit
-        model = ctx.model
+    def serve(self, trial, split: str) -> None:
+        """Predict one split with the trained model: validation steers the search (the inference
+        phase); test is held out (scored in its own window, never searched on)."""
+        ctx = trial.ctx
+        model = ctx.model  # the serving knobs (int8, precision, compile) acted on it as the window opened
         model.eval()
-        served, compile_stats = loop.inference_model(ctx, model)
         threshold = ctx.setting("inference.early_exit")
-        ctx.observed.record("threads_in_inference", torch.get_num_threads())
-        ctx.observed.record("inference_quantized_linears", count_quantized_linears(model))
-        exits: dict[str, Any] = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0,
-                                 "rows": 0, "exited": 0, "full": 0, "truncated_passes": 0,
-                                 "min_confidence_exited": None, "max_confidence_full": None}
-        ctx.quality = {}
-        for split in ("validation", "test"):
-            rows = getattr(ctx, split)
-            predictions = self._serve(ctx, served, model, rows, exits)
-            truth = [r["label"] for r in rows]
-            ctx.quality[split] = {"macro_f1": metrics.macro_f1(truth, predictions),
-                                  "accuracy": metrics.accuracy(truth, predictions), **ctx.extras["trivial"][split]}
-        exits["exit_rate"] = round(exits["exited"] / max(exits["rows"], 1), 4)
-        ctx.observed.record("early_exit", exits)
-        ctx.observed.record("inference_compile", dict(compile_stats))
+        exits = ctx.extras.setdefault("exits", {})
+        exits[split] = {"threshold": threshold, "block": ctx.exit_block if threshold != "off" else 0, "rows": 0,
+                        "exited": 0, "full": 0, "truncated_passes": 0, "min_confidence_exited": None,
+                        "max_confidence_full": None}
+        rows = getattr(ctx, split)
+        limit = ctx.setting("inference.seq_len")
+        loader = trial.eval_loader(torch.utils.data.DataLoader(
+            rows, batch_size=NATIVE_EVAL_BATCH, collate_fn=functools.partial(serve_batch, pad_id=ctx.pad_id, limit=limit)))
+        predictions = self._serve(ctx, model, loader, exits[split])
+        truth = [r["label"] for r in rows]
+        ctx.quality[split] = {"macro_f1": metrics.macro_f1(truth, predictions),
+                              "accuracy": metrics.accuracy(truth, predictions), **ctx.extras["trivial"][split]}
+        exits[split]["exit_rate"] = round(exits[split]["exited"] / max(exits[split]["rows"], 1), 4)
+        ctx.observed.record("early_exit", _merged_exits(exits))
         if threshold != "off":
-            ctx.detail("exit_rate", exits["exit_rate"])
-        ctx.samples["inference"] = len(ctx.validation) + len(ctx.test)
-        ctx.detail("workload", f"validation ({len(ctx.validation)}) + test ({len(ctx.test)}) predictions")
+            ctx.detail("exit_rate", exits[split]["exit_rate"])
+        ctx.samples["inference" if split == "validation" else "test"] = len(rows)
+        ctx.detail("workload", f"{split} ({len(rows)}) predictions")
 
-    def _serve(self, ctx, served, model, rows, exits) -> list[int]:
-        device, batch_size = ctx.runtime.device, ctx.setting("inference.batch_size")
-        limit, threshold = ctx.setting("inference.seq_len"), ctx.setting("inference.early_exit")
+    def _serve(self, ctx, model, loader, exits) -> list[int]:
+        device, threshold = ctx.runtime.device, ctx.setting("inference.early_exit")
         predictions: list[int] = []
         with torch.inference_mode():
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start: start + batch_size]
-                ids, mask = pad_batch([cut(r["input_ids"], limit) if limit else r["input_ids"] for r in chunk], ctx.pad_id)
+            for ids, mask in loader:
                 ids, mask = ids.to(device), mask.to(device)
                 ctx.observed.record_max("inference_longest_input", int(mask.sum(1).max()))
-                ctx.observed.record_max("longest_input_tokens", int(mask.sum(1).max()))
-                ctx.observed.record_max("inference_batch_size_max", len(chunk))
                 if threshold == "off":
-                    logits = served(input_ids=ids, attention_mask=mask).logits
-                    ctx.observed.record("inference_logits_dtype", str(logits.dtype))
-                    predictions.extend(logits.argmax(-1).tolist())
+                    predictions.extend(model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist())
                 else:
                     predictions.extend(self._early_exit(ctx, model, ids, mask, threshold, exits))
-        exits["rows"] += len(rows)
-        ctx.observed.record_max("inference_largest_split", len(rows))  # batches never span two splits
+                exits["rows"] += len(ids)
         return predictions
 
     @staticmethod
@@ -358,12 +365,10 @@ class TextClassificationPipeline(Pipeline):
             hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][:, 0]
         exits["truncated_passes"] += 1
         exit_logits = ctx.exit_head(hidden.to(next(ctx.exit_head.parameters()).dtype))
-        ctx.observed.record("inference_logits_dtype", str(exit_logits.dtype))
         conf, pred = exit_logits.float().softmax(-1).max(-1)
         unsure = conf < threshold
         if unsure.any():
             full = model(input_ids=ids[unsure], attention_mask=mask[unsure]).logits
-            ctx.observed.record("inference_logits_dtype", str(full.dtype))
             pred[unsure] = full.argmax(-1)
             exits["max_confidence_full"] = max(exits["max_confidence_full"] or 0.0, float(conf[unsure].max()))
         if (~unsure).any():  # the confidences behind the decisions: verify checks them against the threshold
@@ -372,3 +377,31 @@ class TextClassificationPipeline(Pipeline):
         exits["exited"] += int((~unsure).sum())
         exits["full"] += int(unsure.sum())
         return pred.tolist()
+
+
+# Where this pipeline's own code starts, before the knobs act (as any script's would)
+NATIVE_MAX_LEN, NATIVE_EVAL_BATCH = 512, 32
+
+
+def serve_batch(rows: list[dict[str, Any]], pad_id: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of inputs to serve, each cut to ``limit`` tokens when inference.seq_len sets one."""
+    return pad_batch([cut(r["input_ids"], limit) if limit else r["input_ids"] for r in rows], pad_id)
+
+
+def _merged_exits(per_split: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The early-exit accounting over every split served so far (what inference.early_exit judges)."""
+    out: dict[str, Any] = {}
+    for ev in per_split.values():
+        for k, v in ev.items():
+            if k in ("rows", "exited", "full", "truncated_passes"):
+                out[k] = out.get(k, 0) + v
+            elif k == "min_confidence_exited" and v is not None:
+                out[k] = v if out.get(k) is None else min(out[k], v)
+            elif k == "max_confidence_full" and v is not None:
+                out[k] = v if out.get(k) is None else max(out[k], v)
+            else:
+                out.setdefault(k, v)
+    out.setdefault("min_confidence_exited", None)
+    out.setdefault("max_confidence_full", None)
+    out["exit_rate"] = round(out.get("exited", 0) / max(out.get("rows", 0), 1), 4)
+    return out

@@ -116,6 +116,23 @@ class Knob(ABC):
     # same phase reads (e.g. the pruning method read by model.layers_removed) go first.
     order: ClassVar[int] = 0
 
+    # -- acting on what user code hands over (greenknobs.trial) ---------------------------------
+    # Object kinds whose handover lets this knob's mechanism act (``trial.model(m)`` hands over a
+    # "model"; also "tokenizer", "train_loader", "eval_loader", "optimizer", "training_args",
+    # "epochs", "trainer"); ``watches``: kinds it only installs evidence hooks on.
+    acts_on: ClassVar[tuple[str, ...]] = ()
+    watches: ClassVar[tuple[str, ...]] = ()
+    # Alternatives, each a set of kinds that together let the knob act *and* be verified; none met
+    # by the end of ``needed_in`` (default: the knob's phase) fails the trial then, with ``needs_hint``.
+    needs: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    needs_hint: ClassVar[str] = ""
+    needed_in: ClassVar[str | None] = None
+    # False on an instance: the mechanism is skipped while the setting and the evidence hooks stay
+    # (the knob contract's mutant: verification must then fail).
+    acting: bool = True
+    # Some evidence needs the whole run (every epoch): a smoke run (a few steps) only checks it exists.
+    judge_in_smoke: ClassVar[bool] = True
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("name")
@@ -167,9 +184,20 @@ class Knob(ABC):
             where = "a CUDA GPU" if needs == ("cuda",) else f"a {' or '.join(needs)} device"
             raise IncompatibleKnobs(f"{self.name}={value!r} needs {where}; this run is on {runtime.device}")
 
-    @abstractmethod
     def apply(self, ctx: TrialContext, value: Any) -> None:
-        """Make ``value`` take effect on the trial's context (model, data, settings, runtime)."""
+        """A five-phase pipeline's hook (``ctx.apply_knobs()``): act on the context's objects. Knobs
+        that act on handed-over objects (``handed``) or are read as settings need nothing here."""
+
+    def handed(self, kind: str, obj: Any, value: Any, trial: Any) -> Any:
+        """User code handed over ``obj`` (of ``kind``): act on it (when ``trial.may_act``) and install
+        the evidence hooks. Return the object to use from now on, or None to keep ``obj``."""
+        return None
+
+    def phase_started(self, phase: str, value: Any, trial: Any) -> None:
+        """A phase window opened (mechanisms that act at a phase: threads, int8 serving, autocast)."""
+
+    def phase_ended(self, phase: str, value: Any, trial: Any) -> None:
+        """A phase window is closing (undo what only that phase needed; read end-of-phase evidence)."""
 
     @abstractmethod
     def verify(self, ctx: TrialContext, value: Any) -> dict[str, Any]:
@@ -195,20 +223,55 @@ class Knob(ABC):
         }
 
 
+class ObjectKnob(Knob):
+    """A knob that acts itself on objects user code hands over, and proves it with typed evidence
+    its own hooks recorded: ``evidence_type`` is a dataclass, ``ctx.evidence[name]`` its record.
+    ``judge(value, evidence, ctx)`` returns None when the evidence shows the value took effect."""
+
+    evidence_type: ClassVar[type]
+
+    def verify(self, ctx: TrialContext, value: Any) -> dict[str, Any]:
+        ev = ctx.evidence.get(self.name)
+        if ev is None:
+            hint = self.needs_hint or (self.needs[0][0] if self.needs else "its object")
+            raise KnobError(f"{self.name} did not take effect: it never acted (it needs {hint})")
+        trial = getattr(ctx, "trial", None)
+        if getattr(trial, "smoke", False) and not self.judge_in_smoke:
+            return {"smoke": "evidence recorded; not judged on a shortened run", **self.report(value, ev, ctx)}
+        problem = self.judge(value, ev, ctx)
+        if problem:
+            raise KnobError(f"{self.name} did not take effect: {problem}")
+        return self.report(value, ev, ctx)
+
+    @abstractmethod
+    def judge(self, value: Any, ev: Any, ctx: TrialContext) -> str | None:
+        """None when ``ev`` proves ``value`` took effect, else the reason it does not."""
+
+    def report(self, value: Any, ev: Any, ctx: TrialContext) -> dict[str, Any]:
+        """The evidence logged with the trial (default: the whole record)."""
+        from dataclasses import asdict
+
+        return asdict(ev)
+
+
 class SettingKnob(Knob):
     """A knob that chooses a setting and judges the evidence the mechanism reading it recorded.
 
-    ``apply`` stores the value under the knob's name (pipelines read ``ctx.setting(name)``);
-    ``verify`` requires every key in ``evidence`` from ``ctx.observed`` and asks ``judge`` whether
-    they show the value took effect. ``judge`` returns None when they do, else what is wrong.
+    The mechanism reads the value (``trial.knob(name)``, or ``ctx.setting(name)`` in a five-phase
+    pipeline) and records evidence under the keys ``evidence`` names (``trial.record(key, value)``);
+    ``verify`` requires every key from ``ctx.observed`` and asks ``judge`` whether they show the
+    value took effect. ``judge`` returns None when they do, else what is wrong.
     """
 
     evidence: ClassVar[tuple[str, ...]] = ()
 
-    def apply(self, ctx: TrialContext, value: Any) -> None:
-        ctx.settings[self.name] = value
-
     def verify(self, ctx: TrialContext, value: Any) -> dict[str, Any]:
+        trial = getattr(ctx, "trial", None)
+        missing = [key for key in self.evidence if key not in ctx.observed.values]
+        if missing and trial is not None and not trial.asked(self.name):
+            raise KnobError(f"{self.name} did not take effect: the code never read it (trial.knob({self.name!r})) "
+                            f"and it acts on no object, so its mechanism must live in your code and record "
+                            f"{', '.join(repr(k) for k in self.evidence)} (trial.record)")
         seen = {key: ctx.observed.require(key, self.name) for key in self.evidence}
         problem = self.judge(value, seen, ctx)
         if problem:

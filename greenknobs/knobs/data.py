@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from greenknobs.knobs.base import SettingKnob, Space, register
-from greenknobs.ml import dedup
+from greenknobs.knobs import watching
+from greenknobs.knobs.base import ObjectKnob, SettingKnob, Space, register
+from greenknobs.ml import dedup, instruments
 
 
 @register
@@ -31,25 +33,61 @@ class TrainFraction(SettingKnob):
         return {"train_examples_used": seen["train_examples_per_epoch"], "train_examples_available": seen["train_examples_available"]}
 
 
+@dataclass
+class SeqLenEvidence:
+    longest_fed: dict[str, int] = field(default_factory=dict)  # phase -> longest real sequence a forward pass received
+    tokenizer_outputs: int = 0  # texts the handed-over tokenizer encoded
+    at_limit: int = 0  # of which the limit cut (their length reached it)
+    via: str | None = None  # "tokenizer" (every call truncates) or "code" (the code read the value)
+
+
 @register
-class MaxSeqLen(SettingKnob):
+class MaxSeqLen(ObjectKnob):
     name = "data.max_seq_len"
     default = 512
     space = Space(choices=(32, 64, 128, 256, 512))
     bounds = (8, None)
     example = 16
-    description = "Truncate every input to this many tokens (attention cost grows with its square)."
-    verifies = "longest input the model was fed, in tokens: never above the limit, and at it when inputs reach it"
-    evidence = ("longest_input_tokens", "truncated_train_inputs")
+    description = ("Truncate every input to this many tokens (attention cost grows with its square): every call of the "
+                   "tokenizer handed to trial.tokenizer() truncates to it, or the code reads trial.knob(...).")
+    verifies = ("longest real sequence a training or serving forward pass received (a forward pre-hook): never above "
+                "the limit, and at it when the tokenizer cut inputs")
+    acts_on = ("tokenizer",)
+    watches = ("model",)
+    needs = (("tokenizer", "model"), ("asked", "model"))
+    needs_hint = "the tokenizer, trial.tokenizer(tokenizer) (or code that reads trial.knob('data.max_seq_len')), and the model"
+    needed_in = "training"
+    evidence_type = SeqLenEvidence
 
-    def judge(self, value, seen, ctx):
-        longest = seen["longest_input_tokens"]
-        if longest > value:
-            return f"an input of {longest} tokens reached the model"
-        if seen["truncated_train_inputs"] and longest < value:  # inputs were cut at the limit: some must reach it
-            return f"{seen['truncated_train_inputs']} inputs were cut at {value} tokens, yet the longest fed was {longest}"
+    def handed(self, kind, obj, value, trial):
+        ev = trial.evidence(self)
+        if kind == "tokenizer":
+            trial.scratch(self)["watch"] = instruments.cap_tokenizer(obj, value if trial.may_act(self, kind, obj) else None)
+            ev.via = "tokenizer"
+        if watching.once(trial, self):
+            def fn(phase, module, args, kwargs):
+                n = instruments.sequence_tokens(args, kwargs)
+                if n is not None:
+                    ev.longest_fed[phase] = max(ev.longest_fed.get(phase, 0), n)
+
+            watching.on_forward(trial, ("training", *watching.SERVING), fn)
         return None
 
+    def phase_ended(self, phase, value, trial):
+        watch = trial.scratch(self).get("watch")
+        if watch is not None:
+            ev = trial.evidence(self)
+            ev.tokenizer_outputs, ev.at_limit = watch.outputs, watch.at_limit
+
+    def judge(self, value, ev, ctx):
+        if not ev.longest_fed:
+            return "no forward pass with token inputs was watched"
+        longest = max(ev.longest_fed.values())
+        if longest > value:
+            return f"an input of {longest} tokens reached the model"
+        if ev.at_limit and longest < value:  # the tokenizer cut inputs at the limit: some must reach the model at it
+            return f"{ev.at_limit} inputs were cut at {value} tokens, yet the longest fed was {longest}"
+        return None
 
 
 @register

@@ -2,89 +2,162 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from greenknobs.errors import ConfigError
-from greenknobs.knobs.base import Knob, SettingKnob, Space, register
-from greenknobs.knobs.system import CompileSetting
+from greenknobs.knobs import watching
+from greenknobs.knobs.base import ObjectKnob, SettingKnob, Space, register
+from greenknobs.knobs.system import BatchEvidence, CompileKnob, _batch_knob_handed, _judge_batches
 from greenknobs.knobs.training import FP16_NEEDS_CUDA
+from greenknobs.ml import instruments
 from greenknobs.ml.precision import DTYPES, cast_model
-from greenknobs.ml.quantize import count_linears, quantize_dynamic_int8
+from greenknobs.ml.quantize import count_linears, quantize_dynamic_int8_
 
 
 @register
-class InferenceBatchSize(SettingKnob):
+class InferenceBatchSize(ObjectKnob):
     name = "inference.batch_size"
     default = 32
     space = Space(choices=(8, 16, 32, 64, 128))
     bounds = (1, None)
     example = 8
-    description = "Examples per inference forward pass."
-    verifies = "largest inference batch the loop built"
-    evidence = ("inference_batch_size_max", "inference_largest_split")
+    description = ("Examples per inference forward pass: the batch size of a DataLoader handed to trial.eval_loader(), "
+                   "or TrainingArguments.per_device_eval_batch_size.")
+    verifies = "rows of the largest batch a serving forward pass received (a forward pre-hook)"
+    acts_on = ("eval_loader", "training_args")
+    watches = ("model",)
+    needs = (("eval_loader", "model"), ("training_args", "model"))
+    needs_hint = "the DataLoader that serves predictions: trial.eval_loader(loader) (or trial.training_args(args)), and the model"
+    evidence_type = BatchEvidence
 
-    def judge(self, value, seen, ctx):
-        largest = seen["inference_batch_size_max"]
-        return None if largest == min(value, seen["inference_largest_split"]) else f"largest batch was {largest}"
+    def handed(self, kind, obj, value, trial):
+        return _batch_knob_handed(self, kind, obj, value, trial, "eval_loader", "per_device_eval_batch_size",
+                                  watching.SERVING)
+
+    def judge(self, value, ev, ctx):
+        return _judge_batches(value, ev)
+
+
+@dataclass
+class ServingEvidence:
+    linears_before: int | None = None  # nn.Linear modules of the model as serving began
+    quantized_ran: int | None = None  # int8 Linear modules whose forward ran in the first serving forward
+    float_linears_ran: int | None = None
+    output_dtype: str | None = None  # dtype of the first serving forward's output
+    weights: str | None = None
+
+
+def _watch_serving(knob: ObjectKnob, trial) -> None:
+    """One probe per trial on the first serving forward: which Linear kinds ran, the output dtype."""
+    ev = trial.evidence(knob)
+    if not watching.once(trial, knob):
+        return
+
+    def start(phase, module, args, kwargs):
+        quantized, floats = instruments.linear_modules(module)
+        return instruments.count_calls(quantized), instruments.count_calls(floats)
+
+    def finish(phase, state, module, output):
+        (q_counts, q_handles), (f_counts, f_handles) = state
+        for h in (*q_handles, *f_handles):
+            h.remove()
+        if ev.quantized_ran is None:
+            ev.quantized_ran, ev.float_linears_ran = sum(1 for c in q_counts if c), sum(1 for c in f_counts if c)
+            ev.output_dtype = instruments.output_dtype(output)
+
+    watching.on_first_forward(trial, watching.SERVING, start, finish)
 
 
 @register
-class Quantization(Knob):
+class Quantization(ObjectKnob):
     name = "inference.quantization"
     default = "none"
     space = Space(choices=("none", "dynamic_int8"))
     devices = ("cpu",)  # PyTorch's dynamic int8 kernels (fbgemm/qnnpack) are CPU-only
     example = "dynamic_int8"
-    description = "Dynamic int8 quantisation of every nn.Linear for inference (torch.ao)."
-    verifies = "number of quantised Linear modules in the model that served inference"
+    description = ("Dynamic int8 quantisation of every nn.Linear of the handed-over model, in place, as serving "
+                   "starts (torch.ao).")
+    verifies = "int8 and float Linear modules whose forward ran in the first serving forward pass (forward hooks)"
+    watches = ("model",)
+    needs = (("model",),)
+    needs_hint = "the model: trial.model(model)"
+    evidence_type = ServingEvidence
 
-    def apply(self, ctx, value: str) -> None:
-        ctx.observed.record("inference_linears_before_quantization", count_linears(ctx.model))
-        if value == "dynamic_int8":
-            ctx.model = quantize_dynamic_int8(ctx.model)
-        ctx.settings[self.name] = value
+    def handed(self, kind, obj, value, trial):
+        _watch_serving(self, trial)
 
-    def verify(self, ctx, value: str) -> dict[str, Any]:
-        quantized = ctx.observed.require("inference_quantized_linears", self.name)  # counted in the model that served
-        linears = ctx.observed.require("inference_linears_before_quantization", self.name)
+    def phase_started(self, phase, value, trial):
+        model = trial.handed("model")
+        if phase not in watching.SERVING or model is None:
+            return
+        ev = trial.evidence(self)
+        if ev.linears_before is None:
+            ev.linears_before = count_linears(model)
+        if value == "dynamic_int8" and trial.may_act(self, "model", model):
+            quantize_dynamic_int8_(model)
+
+    def judge(self, value, ev, ctx):
+        if ev.quantized_ran is None:
+            return "no serving forward pass was watched"
         if value == "none":
-            self.expect(quantized == 0, f"{quantized} quantised Linear modules without quantisation")
-        else:
-            self.expect(quantized == linears and quantized > 0, f"{quantized} of {linears} Linear modules quantised")
-        return {"quantized_linears": quantized, "linear_modules": linears}
+            return f"{ev.quantized_ran} int8 Linear modules served without quantisation" if ev.quantized_ran else None
+        if not ev.quantized_ran or ev.float_linears_ran:
+            return f"{ev.quantized_ran} int8 and {ev.float_linears_ran} float Linear modules served"
+        return None
+
+    def report(self, value, ev, ctx):
+        return {"quantized_linears_served": ev.quantized_ran, "float_linears_served": ev.float_linears_ran,
+                "linear_modules": ev.linears_before}
 
 
 @register
-class InferencePrecision(Knob):
+class InferencePrecision(ObjectKnob):
     name = "inference.precision"
     default = "fp32"
     space = Space(choices=tuple(DTYPES))
     value_devices = FP16_NEEDS_CUDA
     example = "bf16"
-    description = "Cast the trained model to this dtype for inference (bf16 on CPU or GPU; fp16 on GPU only)."
-    verifies = "dtype of the logits the inference loop produced"
+    description = "Cast the trained model (in place) to this dtype as serving starts (bf16 on CPU or GPU; fp16 on GPU only)."
+    verifies = "dtype of the output of the first serving forward pass"
+    watches = ("model",)
+    needs = (("model",),)
+    needs_hint = "the model: trial.model(model)"
+    evidence_type = ServingEvidence
 
-    def apply(self, ctx, value: str) -> None:
-        ctx.model = cast_model(ctx.model, value)
-        if ctx.exit_head is not None:
-            cast_model(ctx.exit_head, value)
-        ctx.settings[self.name] = value
+    def handed(self, kind, obj, value, trial):
+        _watch_serving(self, trial)
 
-    def verify(self, ctx, value: str) -> dict[str, Any]:
-        seen = ctx.observed.require("inference_logits_dtype", self.name)
+    def phase_started(self, phase, value, trial):
+        model = trial.handed("model")
+        if phase not in watching.SERVING or model is None:
+            return
+        ev = trial.evidence(self)
+        if ev.weights is None:
+            ev.weights = instruments.floating_dtype(model)
+        if value != "fp32" and trial.may_act(self, "model", model):
+            cast_model(model, value)
+            if trial.ctx.exit_head is not None:
+                cast_model(trial.ctx.exit_head, value)
+
+    def judge(self, value, ev, ctx):
+        if ev.output_dtype is None:
+            return "no serving forward pass was watched"
         want = str(DTYPES[value])
-        # a bf16-stored model (model.weight_dtype) already infers in bf16; fp32 then means "not cast further"
-        stored = ctx.observed.get("train_weight_dtype", "torch.float32")
-        self.expect(seen == want or (value == "fp32" and seen == stored), f"inference logits were {seen}")
-        return {"inference_logits_dtype": seen}
+        # a bf16-stored model (model.weight_dtype) already serves in bf16; fp32 then means "not cast further"
+        ok = ev.output_dtype == want or (value == "fp32" and ev.output_dtype == ev.weights)
+        return None if ok else f"serving output was {ev.output_dtype}"
+
+    def report(self, value, ev, ctx):
+        return {"inference_output_dtype": ev.output_dtype}
 
 
 @register
-class InferenceCompile(CompileSetting):
+class InferenceCompile(CompileKnob):
     name = "inference.compile"
-    description = "torch.compile the trained model for inference (Inductor, dynamic shapes); compile time counts as inference energy."
+    description = ("torch.compile the trained model for inference (Inductor, dynamic shapes); compile time counts as "
+                   "inference energy.")
     verifies = "graphs compiled and calls into compiled code during inference (a counting compiler backend)"
-    evidence = ("inference_compile",)
+    compiled_phases = watching.SERVING
 
 
 @register

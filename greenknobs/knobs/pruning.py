@@ -22,9 +22,9 @@ OPTION_OF = {"model.pruning_method": "method", "model.pruning_iterative": "itera
              "model.healing_temperature": "healing_temperature", "model.healing_entropy_weight": "healing_entropy_weight"}
 
 
-def prune_options(ctx) -> PruneOptions:
-    """The pruning settings of this trial; a knob the pipeline does not honour stays at its default."""
-    return PruneOptions(**{field: ctx.settings.get(name, REGISTRY[name].default) for name, field in OPTION_OF.items()})
+def prune_options(trial) -> PruneOptions:
+    """The pruning settings of this trial (read as the mechanism's settings); undeclared: defaults."""
+    return PruneOptions(**{field: trial.knob(name, REGISTRY[name].default) for name, field in OPTION_OF.items()})
 
 
 class PruningSetting(SettingKnob):
@@ -36,9 +36,10 @@ class PruningSetting(SettingKnob):
 
     def pruning_report(self, ctx) -> dict[str, Any] | None:
         """The pruning run's report; None when it removed nothing. Fails when pruning never ran."""
-        if "layers_before" not in ctx.observed.values:  # model.layers_removed never ran
+        ev = ctx.evidence.get("model.layers_removed")
+        if ev is None:  # model.layers_removed never acted
             raise KnobError(f"{self.name} did not take effect: model.layers_removed is not part of this trial")
-        return ctx.observed.get("pruning_report")
+        return ev.pruning
 
     def verify(self, ctx, value: Any) -> dict[str, Any]:
         report = self.pruning_report(ctx)
@@ -131,7 +132,7 @@ class CalibrationSamples(PruningSetting):
 
     def judge(self, value, report, ctx):
         used = report["calibration_samples"]
-        return None if used == min(value, len(ctx.train)) else f"{used} samples used"
+        return None if used == min(value, report["calibration_rows_available"]) else f"{used} samples used"
 
     def report(self, value, report, ctx):
         return {"samples": report["calibration_samples"], "tokens": report["calibration_tokens"]}

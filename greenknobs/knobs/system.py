@@ -2,60 +2,139 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
 from greenknobs.errors import IncompatibleKnobs, KnobError
-from greenknobs.knobs.base import Knob, SettingKnob, Space, register
+from greenknobs.knobs import watching
+from greenknobs.knobs.base import Knob, ObjectKnob, SettingKnob, Space, register
+from greenknobs.ml import instruments
 from greenknobs.ml.compile import judge_compiled
 from greenknobs.runtime import usable_cores
 
 
-@register
-class Threads(Knob):
+@dataclass
+class BatchEvidence:
+    largest: int = 0  # rows of the largest batch a forward pass of the phase received
+    batches: int = 0
+    rows_available: int | None = None  # rows in the largest dataset a handed-over loader serves
+
+
+def _batch_knob_handed(knob: ObjectKnob, kind: str, obj: Any, value: int, trial: Any, loader_kind: str, arg: str,
+                       phases: tuple[str, ...]) -> Any:
+    """A batch-size knob: acts on a DataLoader or a TrainingArguments field; counts rows per forward."""
+    ev = trial.evidence(knob)
+    out = None
+    if kind == loader_kind:
+        if trial.may_act(knob, kind, obj):
+            out = instruments.set_batch_size(obj, value)
+        rows = instruments.loader_rows(out if out is not None else obj)
+        if rows is not None:
+            ev.rows_available = max(ev.rows_available or 0, rows)
+    elif kind == "training_args" and trial.may_act(knob, kind, obj):
+        setattr(obj, arg, value)
+    if watching.once(trial, knob):
+        def fn(phase, module, args, kwargs):
+            rows = instruments.batch_rows(args, kwargs)
+            if rows is not None:
+                ev.largest, ev.batches = max(ev.largest, rows), ev.batches + 1
+
+        watching.on_forward(trial, phases, fn)
+    return out
+
+
+def _judge_batches(value: int, ev: BatchEvidence) -> str | None:
+    if not ev.batches:
+        return "no forward pass of the phase was watched"
+    want = min(value, ev.rows_available) if ev.rows_available else value
+    return None if ev.largest == want else f"the largest batch a forward pass received had {ev.largest} rows, expected {want}"
+
+
+@dataclass
+class ThreadsEvidence:
+    seen: dict[str, int] = field(default_factory=dict)  # phase -> thread-pool size read inside its first forward
+
+
+class _ThreadKnob(ObjectKnob):
+    """A thread pool set as the trial's first phase starts, read back inside the forward passes."""
+
     affects_output = False  # cost only: the trained model is the same
+    pool: str  # "intra_op" | "inter_op"
+    watches = ("model",)
+    needs = (("model",),)
+    needs_hint = "the model, so its forward passes show the threads they ran with: trial.model(model)"
+    needed_in = "training"
+    evidence_type = ThreadsEvidence
+
+    def set(self, value: int) -> None:
+        raise TypeError(f"{type(self).__name__} must say which pool it sets")
+
+    def phase_started(self, phase, value, trial):
+        if trial.may_act(self, "process"):
+            self.set(value)
+
+    def handed(self, kind, obj, value, trial):
+        ev = trial.evidence(self)
+        if watching.once(trial, self):
+            watching.on_first_forward(trial, ("training", *watching.SERVING),
+                                      lambda p, m, a, k: ev.seen.setdefault(p, instruments.threads()[self.pool]),
+                                      lambda *_: None)
+        return None
+
+    def judge(self, value, ev, ctx):
+        if not ev.seen:
+            return "no forward pass was watched"
+        wrong = {p: n for p, n in ev.seen.items() if n != value}
+        return f"forward passes ran with {wrong} threads" if wrong else None
+
+    def report(self, value, ev, ctx):
+        return {f"threads_in_{p}": n for p, n in ev.seen.items()}
+
+
+@register
+class Threads(_ThreadKnob):
     name = "system.threads"
     default = usable_cores()  # torch's own default: one thread per usable core
     space = Space(choices=tuple(sorted({1, 2, 4, 8, default})))
     bounds = (1, None)
     example = 1 if default != 1 else 2
-    description = "Intra-op CPU threads for training and inference (torch.set_num_threads)."
-    verifies = "torch.get_num_threads() read inside the training and inference loops"
+    description = "Intra-op CPU threads for training and inference (torch.set_num_threads), set as the first phase starts."
+    verifies = "torch.get_num_threads() read inside the first training and the first serving forward pass"
+    pool = "intra_op"
 
-    def apply(self, ctx, value: int) -> None:
+    def set(self, value: int) -> None:
         torch.set_num_threads(value)
-        ctx.settings[self.name] = value
-
-    def verify(self, ctx, value: int) -> dict[str, Any]:
-        train = ctx.observed.require("threads_in_training", self.name)
-        infer = ctx.observed.require("threads_in_inference", self.name)
-        self.expect(train == value and infer == value, f"training used {train}, inference {infer}")
-        return {"threads_in_training": train, "threads_in_inference": infer}
 
 
 @register
-class TrainBatchSize(SettingKnob):
+class TrainBatchSize(ObjectKnob):
     name = "system.train_batch_size"
     default = 16
     space = Space(choices=(8, 16, 32, 64))
     bounds = (1, None)
     example = 8
-    description = "Examples per training step."
-    verifies = "largest training batch the loop built"
-    evidence = ("train_batch_size_max", "train_examples_per_epoch")
+    description = ("Examples per training step: the batch size of the DataLoader handed to trial.train_loader(), or "
+                   "TrainingArguments.per_device_train_batch_size.")
+    verifies = "rows of the largest batch a training forward pass received (a forward pre-hook)"
+    acts_on = ("train_loader", "training_args")
+    watches = ("model",)
+    needs = (("train_loader", "model"), ("training_args", "model"))
+    needs_hint = "the training DataLoader: trial.train_loader(loader) (or trial.training_args(args)), and the model"
+    needed_in = "training"
+    evidence_type = BatchEvidence
 
-    def judge(self, value, seen, ctx):
-        seen_max = seen["train_batch_size_max"]
-        return None if seen_max == min(value, seen["train_examples_per_epoch"]) else f"largest batch was {seen_max}"
+    def handed(self, kind, obj, value, trial):
+        return _batch_knob_handed(self, kind, obj, value, trial, "train_loader", "per_device_train_batch_size",
+                                  ("training",))
 
-    def report(self, value, seen, ctx):
-        return {"train_batch_size_max": seen["train_batch_size_max"]}
+    def judge(self, value, ev, ctx):
+        return _judge_batches(value, ev)
 
 
 @register
-class InteropThreads(Knob):
-    affects_output = False  # cost only: the trained model is the same
+class InteropThreads(_ThreadKnob):
     name = "system.interop_threads"
     default = torch.get_num_interop_threads()  # read once at import, before any parallel work
     space = Space(choices=tuple(sorted({1, 2, 4, default})))
@@ -63,20 +142,15 @@ class InteropThreads(Knob):
     example = 1
     description = ("Inter-op CPU threads (torch.set_num_interop_threads). PyTorch allows this once per process, "
                    "before parallel work: a different value later fails the trial with that reason.")
-    verifies = "torch.get_num_interop_threads() read inside the training loop"
+    verifies = "torch.get_num_interop_threads() read inside the first training and serving forward pass"
+    pool = "inter_op"
 
-    def apply(self, ctx, value: int) -> None:
+    def set(self, value: int) -> None:
         if torch.get_num_interop_threads() != value:
             try:
                 torch.set_num_interop_threads(value)
             except RuntimeError as exc:
                 raise KnobError(f"{self.name}={value}: {exc} (run each trial in a fresh process to search it)") from None
-        ctx.settings[self.name] = value
-
-    def verify(self, ctx, value: int) -> dict[str, Any]:
-        seen = ctx.observed.require("interop_threads_in_training", self.name)
-        self.expect(seen == value, f"training ran with {seen}")
-        return {"interop_threads_in_training": seen}
 
 
 @register
@@ -97,26 +171,63 @@ class DataloaderWorkers(SettingKnob):
         return None if ok else f"batches came from workers {sorted(workers)}"
 
 
-class CompileSetting(SettingKnob):
-    """torch.compile for one phase; the evidence is a counting compiler backend's record of that phase."""
+@dataclass
+class CompileEvidence:
+    graphs: int = 0  # graphs the counting backend compiled during the phase
+    calls: int = 0  # calls into compiled code
+    compiler: str | None = None  # the compiler function that ran
+
+
+class CompileKnob(ObjectKnob):
+    """torch.compile for one phase: the handed-over model's forward is compiled after the phase's
+    first forward (which runs eager, with the other knobs' probes) and restored when it ends; the
+    evidence is a counting compiler backend's record of that phase."""
 
     default = "off"
     space = Space(choices=("off", "inductor"))
     example = "inductor"
+    watches = ("model",)
+    needs = (("model",),)
+    needs_hint = "the model: trial.model(model)"
+    evidence_type = CompileEvidence
+    compiled_phases: ClassVar[tuple[str, ...]]
 
-    def judge(self, value, seen, ctx):
-        return judge_compiled(seen[self.evidence[0]], value)
+    def phase_started(self, phase, value, trial):
+        if phase in self.compiled_phases and value != "off" and trial.handed("model") is not None:
+            trial.scratch(self)["pending"] = phase
 
-    def report(self, value, seen, ctx):
-        return seen[self.evidence[0]]
+    def handed(self, kind, obj, value, trial):
+        if watching.once(trial, self):
+            def after_first(phase, state, module, output):
+                scratch = trial.scratch(self)
+                if scratch.pop("pending", None) == phase and trial.may_act(self, "model", module):
+                    scratch["restore"], scratch["stats"] = instruments.compile_forward(module, value)
+
+            watching.on_first_forward(trial, ("training", *watching.SERVING), lambda *_: None, after_first)
+        return None
+
+    def phase_ended(self, phase, value, trial):
+        scratch = trial.scratch(self)
+        restore, stats = scratch.pop("restore", None), scratch.pop("stats", None)
+        if phase in self.compiled_phases:
+            ev = trial.evidence(self)
+            if stats:
+                ev.graphs, ev.calls, ev.compiler = stats["graphs"], stats["calls"], stats["compiler"]
+        if restore is not None:
+            restore()
+
+    def judge(self, value, ev, ctx):
+        return judge_compiled({"graphs": ev.graphs, "calls": ev.calls, "compiler": ev.compiler}, value)
 
 
 @register
-class Compile(CompileSetting):
+class Compile(CompileKnob):
     name = "system.compile"
-    description = "torch.compile the model for training (Inductor, dynamic shapes). Compilation time is part of the training energy."
+    description = ("torch.compile the model for training (Inductor, dynamic shapes). Compilation time is part of the "
+                   "training energy.")
     verifies = "graphs compiled and calls into compiled code during training (a counting compiler backend)"
-    evidence = ("train_compile",)
+    compiled_phases = ("training",)
+    needed_in = "training"
 
 
 @register

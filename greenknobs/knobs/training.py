@@ -3,82 +3,267 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
-from greenknobs.errors import IncompatibleKnobs
-from greenknobs.knobs.base import SettingKnob, Space, register
+from greenknobs.errors import IncompatibleKnobs, KnobNotApplied
+from greenknobs.knobs import watching
+from greenknobs.knobs.base import ObjectKnob, SettingKnob, Space, register
+from greenknobs.ml import instruments
 
 # CPU autocast supports bf16 only, and fp16 matmuls on a CPU are slow and unstable
 FP16_NEEDS_CUDA: dict[str, tuple[str, ...]] = {"fp16": ("cuda",)}
 
 
+@dataclass
+class EpochsEvidence:
+    passes: int = 0  # complete passes over the training DataLoader during training (counted by the loader)
+    trainer_epochs: int = 0  # epochs a Hugging Face Trainer ended (its on_epoch_end)
+    optimizer_steps: int | None = None
+
+
 @register
-class Epochs(SettingKnob):
+class Epochs(ObjectKnob):
     name = "training.epochs"
     default = 1
     space = Space(low=1, high=3, integer=True)
     bounds = (1, None)
     example = 2
-    description = "Passes over the training data."
-    verifies = "epochs the training loop completed and optimizer steps taken"
-    evidence = ("epochs_completed",)
+    description = "Passes over the training data (``for epoch in trial.epochs(n)``, or TrainingArguments.num_train_epochs)."
+    verifies = "complete passes the training loop made over its DataLoader (or the epochs a Trainer ended)"
+    acts_on = ("epochs", "training_args")
+    watches = ("train_loader",)
+    needs = (("epochs", "train_loader"), ("training_args", "trainer"))
+    needs_hint = "for epoch in trial.epochs(n) over a loader handed to trial.train_loader(), or trial.training_args(args)"
+    evidence_type = EpochsEvidence
+    judge_in_smoke = False  # a smoke run cuts training short
 
-    def judge(self, value, seen, ctx):
-        done = seen["epochs_completed"]
-        return None if done == value or (ctx.observed.get("early_stopped") and done <= value) else f"{done} epochs ran"
+    def handed(self, kind, obj, value, trial):
+        ev = trial.evidence(self)
+        if kind == "training_args" and trial.may_act(self, kind, obj):
+            obj.num_train_epochs = value
+        elif kind == "epochs":
+            trial.may_act(self, kind, obj)  # the mechanism is trial.epochs' range over this knob's value
+        if watching.once(trial, self):
+            def passed(role, batches):
+                if role == "train" and trial.current_phase == "training" and trial.in_epoch_loop:
+                    ev.passes += 1
 
-    def report(self, value, seen, ctx):
-        return {**seen, "optimizer_steps": ctx.observed.get("optimizer_steps")}
+            def ended(epoch):
+                ev.trainer_epochs += 1
+
+            trial.on("pass_end", passed)
+            trial.on("epoch_end", ended)
+        return None
+
+    def judge(self, value, ev, ctx):
+        done = ev.trainer_epochs if ev.trainer_epochs else ev.passes
+        stopped = ctx.observed.get("early_stopped")
+        if done == value or (stopped and 0 < done <= value):
+            return None
+        return f"{done} epochs ran"
+
+
+@dataclass
+class RateEvidence:
+    steps: int = 0
+    first: float | None = None  # the rate of the first step (0 under a warm-up)
+    peak: float | None = None
+    last: float | None = None
+    bases: list[float] = field(default_factory=list)  # the rate the schedule scales, read at each step (distinct)
+    scheduled: bool = False  # a scheduler drove the rate (``initial_lr`` in the optimizer's groups)
 
 
 @register
-class LearningRate(SettingKnob):
+class LearningRate(ObjectKnob):
     name = "training.learning_rate"
     default = 5e-5
     space = Space(low=1e-5, high=5e-4, log=True)
     bounds = (1e-12, 0.999999)
     example = 3e-4
-    description = "Peak AdamW learning rate (fewer, cheaper steps need larger ones)."
-    verifies = "the rate the optimizer stepped with on its first step (a step pre-hook), and that it stepped"
-    evidence = ("optimizer_lr", "optimizer_steps_taken")
+    description = ("Peak learning rate. Set on the optimizer handed to trial.optimizer() (every parameter group scaled "
+                   "so the first group's rate is this), or on TrainingArguments.learning_rate; a scheduler scales it.")
+    verifies = ("the rate the optimizer stepped with at every step (a step pre-hook) and the base its schedule scaled; "
+                "never above the value, the base equal to it, and that it stepped")
+    acts_on = ("optimizer", "training_args")
+    needs = (("optimizer",), ("training_args", "trainer"))
+    needs_hint = ("the optimizer, before its scheduler: trial.optimizer(opt); or a Trainer's arguments: "
+                  "trial.training_args(args) and trial.trainer(trainer)")
+    needed_in = "training"
+    evidence_type = RateEvidence
 
-    def judge(self, value, seen, ctx):
-        if not seen["optimizer_steps_taken"]:
+    def handed(self, kind, obj, value, trial):
+        if kind == "training_args":
+            if trial.may_act(self, kind, obj):
+                obj.learning_rate = value
+            return None
+        groups = instruments.inner_optimizer(obj).param_groups
+        if trial.may_act(self, kind, obj):
+            if any("initial_lr" in g for g in groups):
+                raise KnobNotApplied(f"{self.name}: the optimizer already has a learning-rate scheduler; hand it to "
+                                     "trial.optimizer() before creating the scheduler, so the schedule scales this rate")
+            scale = value / groups[0]["lr"]
+            for g in groups:
+                g["lr"] *= scale
+        ev = trial.evidence(self)
+        scratch = trial.scratch(self)
+        if scratch.get("watched") is not obj:
+            scratch["watched"] = obj
+
+            def stepped(opt) -> None:
+                group = opt.param_groups[0]
+                lr = float(group["lr"])
+                base = float(group.get("initial_lr", lr))
+                ev.steps += 1
+                ev.first = lr if ev.first is None else ev.first
+                ev.peak = lr if ev.peak is None else max(ev.peak, lr)
+                ev.last = lr
+                ev.scheduled = ev.scheduled or "initial_lr" in group
+                if not any(math.isclose(base, b, rel_tol=1e-9) for b in ev.bases):
+                    ev.bases.append(base)
+
+            trial.keep(instruments.on_step(obj, stepped))
+        return None
+
+    def judge(self, value, ev, ctx):
+        if not ev.steps:
             return "the optimizer never stepped"
-        return None if math.isclose(seen["optimizer_lr"], value, rel_tol=1e-9) else f"optimizer stepped at {seen['optimizer_lr']}"
+        if not all(math.isclose(b, value, rel_tol=1e-6) for b in ev.bases):
+            return f"the schedule's base rate was {ev.bases}"
+        if ev.peak > value * (1 + 1e-6) or ev.peak <= 0:
+            return f"stepped at up to {ev.peak}"
+        if not ev.scheduled and not math.isclose(ev.peak, value, rel_tol=1e-6):
+            return f"stepped at {ev.peak} with no schedule"
+        return None
 
-    def report(self, value, seen, ctx):
-        return {**seen, "optimizer_lr_last": ctx.observed.get("optimizer_lr_last")}
+
+@dataclass
+class PrecisionEvidence:
+    training_output: str | None = None  # dtype of the model's output in the first training forward
+    weights: str | None = None
+    via: str | None = None  # "training_args" (the Trainer's autocast) or "model" (an autocast around its forward)
 
 
 @register
-class Precision(SettingKnob):
+class Precision(ObjectKnob):
     name = "training.precision"
     default = "fp32"
     space = Space(choices=("fp32", "bf16", "fp16"))
     value_devices = FP16_NEEDS_CUDA
     example = "bf16"
-    description = "Mixed precision for training: autocast to bf16 (CPU or GPU) or fp16 (GPU, with loss scaling)."
-    verifies = "dtype of the logits in a real training forward pass"
-    evidence = ("train_logits_dtype",)
+    description = ("Mixed precision for training: autocast to bf16 (CPU or GPU) or fp16 (GPU). Through TrainingArguments "
+                   "(bf16/fp16) for a Trainer, else an autocast around the handed-over model's forward while training runs.")
+    verifies = "dtype of the model's output in a real training forward pass"
+    acts_on = ("training_args", "model")
+    needs = (("model",),)
+    needs_hint = "the model: trial.model(model)"
+    needed_in = "training"
+    evidence_type = PrecisionEvidence
 
-    def judge(self, value, seen, ctx):
-        # without autocast the logits keep the weights' own dtype (model.weight_dtype may store bf16)
-        want = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(value) or ctx.observed.get("train_weight_dtype", "torch.float32")
-        return None if seen["train_logits_dtype"] == want else f"logits were {seen['train_logits_dtype']}, expected {want}"
+    def handed(self, kind, obj, value, trial):
+        if kind == "training_args":
+            if value != "fp32" and trial.may_act(self, kind, obj):
+                setattr(obj, value, True)
+                trial.evidence(self).via = "training_args"
+            return None
+        ev = trial.evidence(self)
+        if watching.once(trial, self):
+            def start(phase, module, args, kwargs):
+                ev.weights = instruments.floating_dtype(module)
+
+            def finish(phase, state, module, output):
+                ev.training_output = instruments.output_dtype(output)
+
+            watching.on_first_forward(trial, ("training",), start, finish)
+        return None
+
+    def phase_started(self, phase, value, trial):
+        model = trial.handed("model")
+        if phase == "training" and value != "fp32" and model is not None and trial.may_act(self, "model", model):
+            trial.scratch(self)["restore"] = instruments.autocast_forward(model, trial.runtime.device, value)
+            trial.evidence(self).via = "model"
+
+    def phase_ended(self, phase, value, trial):
+        restore = trial.scratch(self).pop("restore", None)
+        if phase == "training" and restore is not None:
+            restore()
+
+    def judge(self, value, ev, ctx):
+        if ev.training_output is None:
+            return "no training forward pass was watched"
+        want = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}.get(value)
+        if want is None:  # fp32: no autocast, the output keeps the weights' dtype (model.weight_dtype may store bf16)
+            stored = ev.weights if ev.weights in ("torch.bfloat16", "torch.float16") else "torch.float32"
+            return None if ev.training_output == stored else f"training output was {ev.training_output} without autocast"
+        return None if ev.training_output == want else f"training output was {ev.training_output}, expected {want}"
+
+
+@dataclass
+class CheckpointEvidence:
+    top_block_calls: int | None = None  # forward entries of the top block in the first training step (2: recomputed)
+    via: str | None = None
 
 
 @register
-class GradientCheckpointing(SettingKnob):
+class GradientCheckpointing(ObjectKnob):
     name = "training.gradient_checkpointing"
     default = False
     space = Space(choices=(False, True))
     example = True
     description = "Recompute block activations in the backward pass instead of storing them (less memory, more compute)."
-    verifies = "forward calls of the top block in one training step: 2 when recomputed, 1 otherwise"
-    evidence = ("top_block_calls_first_step",)
+    verifies = "forward entries of the top block in the first training step: 2 when recomputed, 1 otherwise"
+    acts_on = ("training_args", "model")
+    needs = (("model",),)
+    needs_hint = "the model: trial.model(model)"
+    needed_in = "training"
+    evidence_type = CheckpointEvidence
 
-    def judge(self, value, seen, ctx):
-        calls = seen["top_block_calls_first_step"]
+    def handed(self, kind, obj, value, trial):
+        if kind == "training_args":
+            if value and trial.may_act(self, kind, obj):
+                obj.gradient_checkpointing = True
+                obj.gradient_checkpointing_kwargs = {"use_reentrant": False}
+                trial.evidence(self).via = "training_args"
+            return None
+        ev = trial.evidence(self)
+        if watching.once(trial, self):
+            state: dict[str, Any] = {}
+
+            def start(phase, module, args, kwargs):
+                counts, handles = instruments.count_calls([instruments.top_block_entry(module)])
+                state.update(counts=counts, handles=handles)
+
+            def stepped(_opt=None):
+                if "handles" in state and ev.top_block_calls is None:
+                    for h in state.pop("handles"):
+                        h.remove()
+                    ev.top_block_calls = state["counts"][0]
+
+            def next_forward(phase, training, first, module, args, kwargs):
+                if phase == "training" and training and not first:  # accumulation: the step's backward is done
+                    stepped()
+
+            watching.on_first_forward(trial, ("training",), start, lambda *_: None)
+            trial.on("forward", next_forward)
+            trial.on("step", stepped)
+            trial.on("phase_end", lambda phase: stepped() if phase == "training" else None)
+        return None
+
+    def phase_started(self, phase, value, trial):
+        model = trial.handed("model")
+        if phase == "training" and value and model is not None and trial.may_act(self, "model", model):
+            trial.scratch(self)["restore"] = instruments.checkpoint_blocks(model)
+            trial.evidence(self).via = "model"
+
+    def phase_ended(self, phase, value, trial):
+        restore = trial.scratch(self).pop("restore", None)
+        if phase == "training" and restore is not None:
+            restore()
+
+    def judge(self, value, ev, ctx):
+        calls = ev.top_block_calls
+        if calls is None:
+            return "no training step was watched"
         return None if calls == (2 if value else 1) else f"the top block ran {calls} times in one step"
 
 
@@ -161,25 +346,57 @@ class EarlyStopping(SettingKnob):
                 "early_stopped": seen["early_stopped"], "optimizer_steps": ctx.observed.get("optimizer_steps")}
 
 
+@dataclass
+class FreezeEvidence:
+    blocks: int | None = None
+    unchanged: list[bool] | None = None  # per block, bottom first: weights identical before and after training
+    trainable_after_freeze: int | None = None
+
+
 @register
-class FreezeLayers(SettingKnob):
+class FreezeLayers(ObjectKnob):
     name = "training.freeze_layers"
     default = 0
     space = Space(choices=(0, 1, 2, 3))
     bounds = (0, None)
     example = 2
     description = "Freeze the embeddings and the bottom k blocks (no gradients, no optimizer state for them)."
-    verifies = "frozen blocks' weights unchanged by training (checksums); trainable parameter count"
-    evidence = ("freeze",)
+    verifies = "which blocks training left unchanged (per-block checksums before and after): exactly the bottom k"
+    acts_on = ("model",)
+    needs = (("model",),)
+    needs_hint = "the model: trial.model(model)"
+    needed_in = "training"
+    evidence_type = FreezeEvidence
 
-    def judge(self, value, seen, ctx):
-        ev = seen["freeze"]
-        if ev["frozen_blocks"] != value:
-            return f"{ev['frozen_blocks']} blocks frozen"
-        return "a frozen block's weights changed during training" if value and not ev["unchanged"] else None
+    def phase_started(self, phase, value, trial):
+        model = trial.handed("model")
+        if phase != "training" or model is None:
+            return
+        if value and trial.may_act(self, "model", model):
+            instruments.freeze_bottom(model, value)
+        trial.scratch(self)["before"] = instruments.block_checksums(model)
+        trial.evidence(self).trainable_after_freeze = instruments.trainable_count(model)
 
-    def report(self, value, seen, ctx):
-        return {**seen["freeze"], "trainable_parameters": ctx.observed.get("trainable_parameters")}
+    def phase_ended(self, phase, value, trial):
+        before = trial.scratch(self).pop("before", None)
+        if phase == "training" and before is not None:
+            after = instruments.block_checksums(trial.handed("model"))
+            ev = trial.evidence(self)
+            ev.blocks, ev.unchanged = len(after), [a == b for a, b in zip(before, after)]
+
+    def judge(self, value, ev, ctx):
+        if ev.unchanged is None:
+            return "no training phase was watched"
+        frozen = next((i for i, same in enumerate(ev.unchanged) if not same), len(ev.unchanged))
+        if value and frozen != value:
+            return f"training left the bottom {frozen} blocks unchanged, expected {value}"
+        if not value and all(ev.unchanged):
+            return "training changed no block"
+        return None
+
+    def report(self, value, ev, ctx):
+        return {"frozen_blocks": next((i for i, s in enumerate(ev.unchanged or []) if not s), len(ev.unchanged or [])),
+                "blocks": ev.blocks, "trainable_parameters": ev.trainable_after_freeze}
 
 
 @register

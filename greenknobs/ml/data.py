@@ -57,3 +57,16 @@ def drop_duplicate_texts(examples: list[dict[str, Any]]) -> tuple[list[dict[str,
     article that is also a training article would flatter the held-out score)."""
     drop = set(dedup.duplicates([e["text"] for e in examples], "exact"))
     return [e for i, e in enumerate(examples) if i not in drop], len(drop)
+
+
+def carve_stopping_rows(train: list[dict[str, Any]], seed: int, fraction: float = 0.1,
+                        minimum: int = 8) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training rows left, rows early stopping scores on): a seeded slice of the training split,
+    so early stopping never reads validation -- only the search does."""
+    n = max(minimum, round(len(train) * fraction))
+    if n >= len(train):
+        raise ValueError(f"early stopping needs rows carved from training: {len(train)} rows are too few")
+    order = list(range(len(train)))
+    random.Random(seed + 7).shuffle(order)
+    held = set(order[:n])
+    return [r for i, r in enumerate(train) if i not in held], [r for i, r in enumerate(train) if i in held]

@@ -119,3 +119,16 @@ def save_pretrained(model, path: str | Path) -> None:
 def load_pretrained_like(model, path: str | Path):
     """Reload a saved model with the same class (works for any ``PreTrainedModel``)."""
     return type(model).from_pretrained(str(path))
+
+
+def trainer_callback_base() -> type:
+    """``transformers.TrainerCallback``, for greenknobs.ml.hf_trainer (this module owns the import)."""
+    return _transformers().TrainerCallback
+
+
+def is_training_arguments(obj: Any) -> bool:
+    return isinstance(obj, _transformers().TrainingArguments)
+
+
+def is_trainer(obj: Any) -> bool:
+    return isinstance(obj, _transformers().Trainer)

@@ -71,6 +71,15 @@ def add_lora(model: nn.Module, rank: int, alpha: int, targets: str, trainable_he
         raise KnobError(f"LoRA could not be attached: {exc}") from None
 
 
+def heads(model: nn.Module) -> list[str]:
+    """Top-level modules beside a Hugging Face model's backbone that hold weights (the task head):
+    they stay trainable under LoRA, since a fresh head must learn."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if not prefix:
+        return []
+    return [n for n, m in model.named_children() if n != prefix and any(True for _ in m.parameters())]
+
+
 def lora_evidence(model: nn.Module) -> dict[str, Any]:
     """What the adapters look like now: which modules carry one, their rank, scaling and |B| (0 until trained)."""
     wrapped, ranks, scalings, b_norm = [], set(), set(), 0.0

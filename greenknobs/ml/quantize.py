@@ -13,6 +13,14 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8)
 
 
+def quantize_dynamic_int8_(model: nn.Module) -> nn.Module:
+    """``model`` itself with its nn.Linear layers swapped for int8 ones (in place: a Trainer, or any
+    code holding the model, then serves the quantised one); a bf16-stored model is upcast first."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
 def count_quantized_linears(model: nn.Module) -> int:
     """Linear layers that run int8 kernels. Only the quantised Linear modules count, not the
     packed-parameter holders each of them contains (counting every torch.ao module doubles it)."""
