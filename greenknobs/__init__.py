@@ -2,6 +2,8 @@
 
 The public API, imported lazily (``import greenknobs`` loads neither torch nor Optuna):
 
+    Trial, current_trial                       your own training code under the search (define-by-run)
+    optimize                                   run a search on a function from Python (as Optuna's optimize)
     Knob, SettingKnob, Space, register         write and register a knob (greenknobs.knobs)
     Pipeline, run_trial                        a five-phase pipeline and the trial runner
     TrialContext, Observations                 what phases and knobs share in a trial
@@ -10,8 +12,8 @@ The public API, imported lazily (``import greenknobs`` loads neither torch nor O
     Search                                     the Optuna search over an experiment
 
 Layers, top to bottom (each imports only from layers below it; tests/test_architecture.py):
-    cli -> search -> {config, tracking, report} -> pipeline -> {knobs, meters} -> ml -> devices
-        -> {context, phases, records, runtime, units, errors}
+    {cli, api} -> search -> {config, tracking, report} -> {pipeline, trial, phase_store} -> {knobs, meters}
+        -> ml -> devices -> {context, phases, records, runtime, units, errors}
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 __version__ = "0.2.0"
 
 _EXPORTS = {
+    "Trial": "greenknobs.trial", "current_trial": "greenknobs.trial", "optimize": "greenknobs.api",
+    "ObjectKnob": "greenknobs.knobs.base",
     "Knob": "greenknobs.knobs.base", "SettingKnob": "greenknobs.knobs.base", "Space": "greenknobs.knobs.base",
     "register": "greenknobs.knobs.base",
     "Pipeline": "greenknobs.pipeline", "run_trial": "greenknobs.pipeline",

@@ -10,6 +10,7 @@ import inspect
 import math
 import re
 import reprlib
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from greenknobs.meters import METERS
 from greenknobs.meters.composite import GPU_METERS
 from greenknobs.meters.cpu_model import DEFAULT_PARAMS as CPU_MODEL_PARAMS
 from greenknobs.phases import PHASES
-from greenknobs.pipeline import pipeline_class
+from greenknobs.pipeline import FUNCTION, FunctionPipeline, pipeline_class
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
@@ -264,13 +265,34 @@ def _objectives(raw: Any, pipeline_cls) -> Objectives:
         _reject_unknown(quality, ("metric", "direction"), "objectives.quality")
         direction = quality.get("direction")
         quality = quality.get("metric", pipeline_cls.default_metric)
-    if not isinstance(quality, str) or quality not in pipeline_cls.metrics:
-        raise ConfigError("objectives.quality", f"{shown(quality)} is not a metric of pipeline {pipeline_cls.name!r} "
-                                                f"({', '.join(pipeline_cls.metrics)})")
-    direction = direction if direction is not None else pipeline_cls.metrics[quality]
+    if getattr(pipeline_cls, "any_knob", False):  # your own code: any metric it reports
+        if not isinstance(quality, str) or not NAME_RE.fullmatch(quality):
+            raise ConfigError("objectives.quality", f"expected the name of a metric your code reports, got {shown(quality)}")
+        direction = direction if direction is not None else metric_direction(quality)
+    else:
+        if not isinstance(quality, str) or quality not in pipeline_cls.metrics:
+            raise ConfigError("objectives.quality", f"{shown(quality)} is not a metric of pipeline {pipeline_cls.name!r} "
+                                                    f"({', '.join(pipeline_cls.metrics)})")
+        direction = direction if direction is not None else pipeline_cls.metrics[quality]
     if not isinstance(direction, str) or direction not in ("maximize", "minimize"):
         raise ConfigError("objectives.quality.direction", "expected maximize or minimize")
     return Objectives(scope, quality, direction)
+
+
+# metrics whose direction needs no saying; any other must name it (objectives.quality.direction)
+_MAXIMISED = ("f1", "accuracy", "acc", "auc", "roc_auc", "r2", "precision", "recall", "bleu", "rouge", "map", "ndcg")
+_MINIMISED = ("loss", "rmse", "mse", "mae", "perplexity", "error", "wer", "cer")
+
+
+def metric_direction(metric: str) -> str:
+    """maximize or minimize, from a metric's name (macro_f1, val_accuracy, rmse, eval_loss, ...)."""
+    words = metric.lower().replace("-", "_").split("_")
+    if any(w in _MINIMISED for w in words):
+        return "minimize"
+    if any(w in _MAXIMISED for w in words):
+        return "maximize"
+    raise ConfigError("objectives.quality.direction", f"say whether {metric!r} is maximised or minimised "
+                                                       "(quality: {metric: ..., direction: maximize|minimize})")
 
 
 def _constraints(raw: Any, objectives: Objectives) -> Constraints:
@@ -326,13 +348,23 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         raise ConfigError("name", f"expected letters, digits, '-', '_' or '.', got {shown(name)}")
 
     pipe = _mapping(raw.get("pipeline"), "pipeline")
-    if "name" not in pipe:
-        raise ConfigError("pipeline.name", "required (e.g. text-classification)")
-    pipe_name = _string(pipe["name"], "pipeline.name", "a pipeline name (e.g. text-classification) or module:Class")
-    if ":" in pipe_name and not CLASS_PATH_RE.fullmatch(pipe_name):
-        raise ConfigError("pipeline.name", f"expected 'package.module:ClassName', got {shown(pipe_name)}")
-    pipeline_cls = pipeline_class(pipe_name)
-    options = pipeline_cls.validate_options({k: v for k, v in pipe.items() if k != "name"})
+    # the experiment's own folder is importable: its pipeline, function and knob modules live beside it
+    folder = str(Path(source).resolve().parent) if source != "<memory>" else None
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)
+    if "function" in pipe or "script" in pipe:  # your own code: a function of a trial, or a script
+        pipe_name = FUNCTION
+        pipeline_cls = FunctionPipeline
+        options = FunctionPipeline.validate_options({**{k: v for k, v in pipe.items()}, **({"folder": folder} if folder else {})})
+    else:
+        if "name" not in pipe:
+            raise ConfigError("pipeline", "give your code (function: module:fn, or script: train.py) or a pipeline "
+                                          "name (name: text-classification)")
+        pipe_name = _string(pipe["name"], "pipeline.name", "a pipeline name (e.g. text-classification) or module:Class")
+        if ":" in pipe_name and not CLASS_PATH_RE.fullmatch(pipe_name):
+            raise ConfigError("pipeline.name", f"expected 'package.module:ClassName', got {shown(pipe_name)}")
+        pipeline_cls = pipeline_class(pipe_name)
+        options = pipeline_cls.validate_options({k: v for k, v in pipe.items() if k != "name"})
 
     knobs_raw = _mapping(raw.get("knobs"), "knobs")
     settings = {}
@@ -340,17 +372,17 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         if key_part(knob_name) != knob_name:
             raise ConfigError(f"knobs.{key_part(knob_name)}", "not a knob name (e.g. data.max_seq_len)")
         s = _knob_setting(knob_name, spec)
-        if s.name not in pipeline_cls.knobs:
+        if not getattr(pipeline_cls, "any_knob", False) and s.name not in pipeline_cls.knobs:
             raise ConfigError(f"knobs.{knob_name}", f"not supported by pipeline {pipeline_cls.name!r}")
         settings[s.name] = s
     for knob_name in pipeline_cls.knobs:  # every knob the pipeline honours runs, at its baseline if unlisted
         if knob_name not in settings:
             knob = get_knob(knob_name)
             settings[knob_name] = KnobSetting(knob, knob.default, None)
-    if not any(s.searched for s in settings.values()):
-        raise ConfigError("knobs", "no knob to search: give at least one knob a space")
 
     objectives = _objectives(raw.get("objectives"), pipeline_cls)
+    if pipeline_cls is FunctionPipeline:  # the code's quality metric and its direction, as the experiment names them
+        options = {**options, "metric": objectives.quality_metric, "direction": objectives.quality_direction}
     budget = _mapping(raw.get("budget"), "budget")
     _reject_unknown(budget, ("trials", "timeout_s", "energy_j"), "budget")
     trials = _number(budget.get("trials", 12), "budget.trials", integer=True, low=1)
@@ -445,6 +477,10 @@ def _stop_hopeless(raw: Any) -> StopHopeless:
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file; every problem -- a missing or unreadable file, bytes
     that are not UTF-8, broken YAML, a bad value -- is a ConfigError (one line, naming the key)."""
+    return parse_experiment(_read_yaml(path), str(Path(path)))
+
+
+def _read_yaml(path: str | Path) -> Any:
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -470,7 +506,19 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError("", f"{path}: not valid YAML: nested too deeply") from None
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:  # PyYAML's constructors, e.g. a date 2024-13-45
         raise ConfigError("", f"{path}: not valid YAML: {' '.join(str(exc).split())[:200]}") from None
-    return parse_experiment(raw, str(p))
+    return raw
+
+
+def load_experiment_with_function(path: str | Path, fn: Any) -> Experiment:
+    """An experiment file whose pipeline is ``fn`` (``greenknobs.optimize``): its ``pipeline:`` block
+    may be absent; options there reach the function as ``trial.options``."""
+    from greenknobs.pipeline import in_process
+
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"{path}: an experiment file must be a YAML mapping")
+    pipe = {k: v for k, v in _mapping(raw.get("pipeline"), "pipeline").items() if k not in ("name", "function", "script")}
+    return parse_experiment({**raw, "pipeline": {**pipe, "function": in_process(fn)}}, str(path))
 
 
 def check_inputs(exp: Experiment) -> dict[str, Any]:

@@ -106,6 +106,8 @@ class TrialResult:
     reuse: dict[str, Any] = field(default_factory=dict)  # phase-output reuse: off | built | reused (load, publish J)
     # the held-out window (the test split scored): measured and reported, never part of the objective
     held_out: PhaseResult | None = None
+    # what frameworks wrote in the trial's folder (checkpoints): {"dir", "files", "bytes", "kept"}
+    artifacts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def energy_j(self) -> float:
@@ -172,6 +174,7 @@ class TrialResult:
             },
             "held_out": None if self.held_out is None else {**asdict(self.held_out.measurement),
                                                              "details": self.held_out.details},
+            "artifacts": self.artifacts,
             "quality": self.quality,
             "samples": self.samples,
             "verifications": self.verifications,

@@ -21,7 +21,9 @@ import functools
 import hashlib
 import importlib
 import runpy
+import shutil
 import sys
+import tempfile
 from abc import ABC
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -111,6 +113,8 @@ def registered_pipelines() -> dict[str, str]:
 
 def pipeline_class(name: str) -> type[Pipeline]:
     """A registered pipeline name, or ``module:Class`` for one that is not registered."""
+    if name == FUNCTION:
+        return FunctionPipeline
     registered = registered_pipelines()
     path = registered.get(name, name)
     module_name, _, class_name = path.partition(":")
@@ -158,12 +162,25 @@ def _apply_context_knobs(trial: Trial, phase: str) -> None:
 
 
 # -- pipelines written as one function (define-by-run) ---------------------------------------------------
+FUNCTION = "function"  # the pipeline name of your own code (``pipeline: {function: ...}`` or ``{script: ...}``)
+_IN_PROCESS: dict[str, Callable[[Trial], Any]] = {}  # functions handed to greenknobs.optimize() in this process
+_INTERNAL = ("function", "script", "folder", "metric", "direction", "smoke")
+
+
+def in_process(fn: Callable[[Trial], Any]) -> str:
+    """A ``function:`` reference for a function object handed over in Python (``greenknobs.optimize``)."""
+    ref = f"<in-process>:{fn.__module__}.{fn.__qualname__}"
+    _IN_PROCESS[ref] = fn
+    return ref
+
+
 class FunctionPipeline(Pipeline):
     """Your own training code as a pipeline: ``fn(trial)`` (``pipeline: {function: module:fn}``), or
     a script run as ``__main__`` for each trial that asks ``greenknobs.current_trial()`` (``script:``).
-    Options other than ``function``/``script`` reach the code as ``trial.options``."""
+    Options other than ``function``/``script`` reach the code as ``trial.options``. The quality metric
+    and its direction come from the experiment's objectives."""
 
-    name = "function"
+    name = FUNCTION
     knobs: ClassVar[tuple[str, ...]] = ()  # any knob the experiment declares
     any_knob = True
     metrics: ClassVar[dict[str, str]] = {}  # from the experiment's objectives
@@ -173,6 +190,26 @@ class FunctionPipeline(Pipeline):
     def __init__(self, options: dict[str, Any], target: Callable[[Trial], Any] | None = None):
         super().__init__(options)
         self._target = target
+        metric = options.get("metric") or self.default_metric
+        self.objective_metric = metric
+        self.metrics = {metric: options.get("direction") or "maximize"}  # type: ignore[misc]
+        self.trivial_metrics = {metric: f"trivial_{metric}"}  # type: ignore[misc]
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        given = [k for k in ("function", "script") if options.get(k) is not None]
+        if len(given) != 1:
+            raise ConfigError("pipeline", "give exactly one of function: module:fn or script: path/to/train.py")
+        key = given[0]
+        ref = options[key]
+        if not isinstance(ref, str) or not ref.strip():
+            raise ConfigError(f"pipeline.{key}", f"expected {'module:function' if key == 'function' else 'a script path'}, "
+                                                 f"got {ref!r}")
+        if key == "function" and not ref.startswith("<in-process>:"):
+            load_target(options)  # a bad reference fails now, naming the key, not inside trial 0
+        if key == "script":
+            load_target(options)
+        return options
 
     @property
     def label(self) -> str:
@@ -183,6 +220,15 @@ class FunctionPipeline(Pipeline):
         fn = self.target()
         return getattr(fn, "__module__", None)
 
+    @property
+    def smoke_run(self) -> bool:
+        """A warm-up or ``validate --smoke`` run: loaders capped to a few batches, training to a few steps."""
+        return bool(self.options.get("smoke"))
+
+    def warmup_options(self) -> dict[str, Any]:
+        """Your code's one-off costs (imports, first loads) are paid by a smoke run before trial 0."""
+        return {**self.options, "smoke": True}
+
     def target(self) -> Callable[[Trial], Any]:
         if self._target is None:
             self._target = load_target(self.options)
@@ -192,7 +238,7 @@ class FunctionPipeline(Pipeline):
         return self.target()(trial)
 
     def user_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if k not in ("function", "script", "folder")}
+        return {k: v for k, v in self.options.items() if k not in _INTERNAL}
 
 
 def load_target(options: dict[str, Any]) -> Callable[[Trial], Any]:
@@ -217,6 +263,8 @@ def load_target(options: dict[str, Any]) -> Callable[[Trial], Any]:
         run_script.__module__ = "__main__"
         return run_script
     ref = options.get("function")
+    if ref in _IN_PROCESS:
+        return _IN_PROCESS[ref]
     module_name, _, attr = (ref or "").partition(":")
     if not module_name or not attr:
         raise ConfigError("pipeline.function", f"expected 'module:function', got {ref!r}")
@@ -265,6 +313,7 @@ def execute_trial(
     trial_number: int | None = None,
     smoke: bool = False,
     workdir: Path | None = None,
+    keep_artifacts: bool = False,
 ) -> tuple[TrialResult, TrialContext]:
     """Run the pipeline on a ``Trial`` with these knob values, then verify every knob. Returns the
     result and the context the phases left (what verify read: tests re-judge it).
@@ -292,6 +341,9 @@ def execute_trial(
         session = ReuseSession(store, reuse_keys(pipeline, knob_values, runtime, meter, seed), meter,
                                {"pipeline": pipeline.name, "trial": trial_number})
     metric = getattr(pipeline, "objective_metric", None)
+    smoke = smoke or getattr(pipeline, "smoke_run", False)
+    workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="greenknobs-trial-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     trial = Trial({k.name: v for k, v in knob_values}, [k for k, _ in knob_values], meter=meter, runtime=runtime,
                   seed=seed, number=trial_number, options=pipeline.user_options(), progress=progress,
                   progress_check=progress_check, reuse=session, repeats=repeats, spread_warning=spread_warning,
@@ -299,7 +351,11 @@ def execute_trial(
     try:
         if session is not None:
             session.begin(trial)
-        returned = pipeline.run(trial)
+        try:
+            returned = pipeline.run(trial)
+        except BaseException as exc:
+            trial.abort(exc)
+            raise
         verifications = trial.finish(returned)
         missing = [split for split in SPLITS if not trial.ctx.quality.get(split)]
         if SPLITS[0] in missing:
@@ -308,6 +364,7 @@ def execute_trial(
         if session is not None:
             session.end()
         trial.release()
+        artifacts = _settle_artifacts(workdir, keep_artifacts)
         _release_all(knob_values, trial.ctx)
     ctx = trial.ctx
     return TrialResult(
@@ -321,7 +378,17 @@ def execute_trial(
         process_state={"reset": reset, "at_start": start_state},
         reuse=session.status if session is not None else {"status": "off"},
         held_out=trial.held_out_result,
+        artifacts=artifacts,
     ), ctx
+
+
+def _settle_artifacts(workdir: Path, keep: bool) -> dict[str, Any]:
+    """What frameworks wrote in the trial's folder (a Trainer's checkpoints): kept, or removed."""
+    files = [f for f in workdir.rglob("*") if f.is_file()]
+    out = {"dir": str(workdir), "files": len(files), "bytes": sum(f.stat().st_size for f in files), "kept": keep}
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
 
 
 @functools.cache

@@ -57,6 +57,7 @@ class _Window:
     name: str
     excluded: list[Measurement] = field(default_factory=list)  # nested windows not charged to the phase
     first_forward: dict[bool, bool] = field(default_factory=dict)  # training?/eval? -> seen
+    scoped: bool = False  # opened by a with-block (it must close it); else by start_phase / an integration
 
 
 class Trial:
@@ -134,6 +135,10 @@ class Trial:
     def current_phase(self) -> str | None:
         return self._open.name if self._open else None
 
+    @property
+    def in_with_block(self) -> bool:
+        return bool(self._open and self._open.scoped)
+
     def phase(self, name: str) -> contextlib.AbstractContextManager[Trial]:
         """``with trial.phase("training"): ...`` -- one measured window; each phase at most once."""
         return self._window(name)
@@ -145,6 +150,8 @@ class Trial:
     @contextlib.contextmanager
     def _window(self, name: str) -> Iterator[Trial]:
         self.begin_phase(name)
+        assert self._open is not None
+        self._open.scoped = True
         try:
             yield self
         except BaseException as exc:
@@ -152,15 +159,26 @@ class Trial:
             raise
         self.end_phase(name)
 
+    def start_phase(self, name: str) -> None:
+        """Zeus-style, without re-indenting your code: end the phase open now (if any) and start
+        ``name`` ("test" is the held-out window). A phase still open when the code returns ends then."""
+        if self._open is not None:
+            if self._open.scoped:
+                raise TrialUsageError(f"trial.start_phase({name!r}) inside `with trial.phase({self._open.name!r})`")
+            self.end_phase(self._open.name)
+        self.begin_phase(name)
+
     def begin_phase(self, name: str) -> None:
         """Open phase ``name``'s window (what ``with trial.phase(name)`` does on entry; integrations
         whose frameworks announce phases, such as the Trainer callback, call this and ``end_phase``)."""
         self._enter(name)
         self.meter.begin_window(name)
 
-    def end_phase(self, name: str, failed: BaseException | None = None) -> None:
-        """Close phase ``name``'s window; ``failed``: the phase raised (what it spent still counts)."""
-        if self._open is None or self._open.name != name:
+    def end_phase(self, name: str | None = None, failed: BaseException | None = None) -> None:
+        """Close phase ``name``'s window (default: the one open); ``failed``: the phase raised (what it
+        spent still counts)."""
+        name = name or self.current_phase
+        if name is None or self._open is None or self._open.name != name:
             raise TrialUsageError(f"end_phase({name!r}) but the open phase is {self.current_phase!r}")
         try:
             self._phase_end_hooks(name)
@@ -585,8 +603,8 @@ class Trial:
     def finish(self, returned: Any = None) -> dict[str, dict[str, Any]]:
         """After the code returned: its quality is complete, every knob acted, every knob's evidence
         holds. Returns the verifications (evidence per knob)."""
-        if self._open is not None:
-            raise TrialUsageError(f"the code returned inside phase {self._open.name!r}")
+        if self._open is not None:  # started with start_phase: it ends with the code
+            self.end_phase(self._open.name)
         if isinstance(returned, (int, float)) and not isinstance(returned, bool) and self.objective_metric:
             self.quality("validation", **{self.objective_metric: returned})
         elif isinstance(returned, Mapping):
@@ -606,6 +624,12 @@ class Trial:
         for knob, value in self._ordered():
             out[knob.name] = {"value": value, **knob.verify(self.ctx, value)}
         return out
+
+    def abort(self, error: BaseException) -> None:
+        """The code raised: close the window it left open, so what it spent is still counted."""
+        if self._open is not None:
+            with contextlib.suppress(Exception):
+                self.end_phase(self._open.name, failed=error)
 
     def release(self) -> None:
         """Remove every hook the trial installed (and the knobs' holds on the machine)."""

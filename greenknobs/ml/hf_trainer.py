@@ -71,11 +71,11 @@ def make_callback(trial: Any, trainer: Any = None) -> Any:
             self.opened = False
 
         def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-            if trial.current_phase is None:
-                trial.begin_phase("training")
+            if trial.current_phase != "training":  # the training window, unless the code opened it already
+                if trial.in_with_block:
+                    raise TrialUsageError(f"trainer.train() ran inside `with trial.phase({trial.current_phase!r})`")
+                trial.start_phase("training")
                 self.opened = True
-            elif trial.current_phase != "training":
-                raise TrialUsageError(f"trainer.train() ran inside the {trial.current_phase} phase")
             if model is not None and trial.handed("model") is None:
                 trial.watch(model)  # watched for evidence; the model knobs never acted on it (they fail, saying so)
             trial.hand_over("trainer", state)

@@ -181,6 +181,15 @@ class _LoaderWatch:
 _WATCHED_LOADERS: dict[type, type] = {}
 
 
+def _register(cls: type) -> type:
+    """Make a swapped-in subclass importable by name, so pickling (datasets' fingerprints, the phase
+    store) finds it like any other class."""
+    if globals().get(cls.__name__, cls) is not cls:
+        cls.__name__ = cls.__qualname__ = f"{cls.__name__}_{id(cls):x}"
+    globals()[cls.__name__] = cls
+    return cls
+
+
 def _watched_iter(self):
     watch: _LoaderWatch = self.__dict__["_greenknobs_watch"]
     n = 0
@@ -203,7 +212,7 @@ def watch_loader(loader: Any) -> _LoaderWatch:
     base = type(loader)
     cls = _WATCHED_LOADERS.get(base)
     if cls is None:
-        cls = type(f"Watched{base.__name__}", (base,), {"__iter__": _watched_iter, "__module__": __name__})
+        cls = _register(type(f"Watched{base.__name__}", (base,), {"__iter__": _watched_iter, "__module__": __name__}))
         _WATCHED_LOADERS[base] = cls
     watch = _LoaderWatch()
     object.__setattr__(loader, "_greenknobs_watch", watch)
@@ -288,7 +297,7 @@ def cap_tokenizer(tokenizer: Any, limit: int | None) -> TokenizerWatch:
     base = type(tokenizer)
     cls = _CAPPED_TOKENIZERS.get(base)
     if cls is None:
-        cls = type(f"Capped{base.__name__}", (base,), {"__call__": _capped_call, "__module__": __name__})
+        cls = _register(type(f"Capped{base.__name__}", (base,), {"__call__": _capped_call, "__module__": __name__}))
         _CAPPED_TOKENIZERS[base] = cls
     watch = TokenizerWatch(limit)
     tokenizer.__dict__["_greenknobs_watch"] = watch

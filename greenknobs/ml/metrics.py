@@ -98,3 +98,31 @@ def load_digits() -> tuple[Any, list[int]]:
 
     bunch = sk_load_digits()
     return np.asarray(bunch.images, dtype=np.float32), [int(t) for t in bunch.target]
+
+
+def trivial_scores_for(y_train: Sequence[Any], y_true: Sequence[Any], seed: int = 0) -> dict[str, float]:
+    """What a trivial predictor scores on ``y_true``, per metric name: for class labels the better of
+    the majority class and a stratified random guess (macro_f1, accuracy); for numbers the training
+    mean predicted for every row (rmse, mse, mae, r2 = 0)."""
+    import numpy as np
+
+    train = np.asarray([float(v) if _is_number(v) else v for v in _flat(y_train)], dtype=object)
+    truth = np.asarray([float(v) if _is_number(v) else v for v in _flat(y_true)], dtype=object)
+    numeric = all(_is_number(v) for v in train) and all(_is_number(v) for v in truth)
+    if numeric and any(float(v) != int(float(v)) for v in train):  # real-valued targets: regression
+        t, mean = truth.astype(float), float(train.astype(float).mean())
+        mse = float(((t - mean) ** 2).mean())
+        return {"rmse": mse ** 0.5, "mse": mse, "mae": float(np.abs(t - mean).mean()), "r2": 0.0}
+    codes = {label: i for i, label in enumerate(sorted({*map(str, train), *map(str, truth)}))}
+    scores = trivial_scores([codes[str(v)] for v in train], [codes[str(v)] for v in truth], seed)
+    return {"macro_f1": scores["trivial_macro_f1"], "accuracy": scores["trivial_accuracy"]}
+
+
+def _flat(values: Any) -> list[Any]:
+    if hasattr(values, "tolist"):
+        values = values.tolist()
+    return list(values)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

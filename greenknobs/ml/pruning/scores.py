@@ -37,7 +37,8 @@ def angular_distances(stats: LayerStats, n: int) -> list[float]:
 
 def task_of(model: nn.Module) -> str:
     """'causal_lm' when the model has an output vocabulary head, else 'classification'."""
-    return "causal_lm" if model.get_output_embeddings() is not None else "classification"
+    head = getattr(model, "get_output_embeddings", None)
+    return "causal_lm" if head is not None and head() is not None else "classification"
 
 
 @contextmanager

@@ -1,0 +1,79 @@
+"""A small residual MLP regressor on scikit-learn's bundled diabetes data, in plain PyTorch.
+
+This is the script as it was before greenknobs: compare it with train.py (`diff -u train_plain.py train.py`).
+"""
+
+import torch
+from sklearn.datasets import load_diabetes
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, h):
+        return h + torch.relu(self.linear(self.norm(h)))
+
+
+class MLP(nn.Module):
+    def __init__(self, features: int, width: int = 128, depth: int = 6):
+        super().__init__()
+        self.inp = nn.Linear(features, width)
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h).squeeze(-1)
+
+
+def tensors(x, y):
+    return TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+
+
+def rmse(model, loader):
+    model.eval()
+    squared, rows = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in loader:
+            squared += float(((model(xb) - yb) ** 2).sum())
+            rows += len(yb)
+    return (squared / rows) ** 0.5
+
+
+def main():
+    x, y = load_diabetes(return_X_y=True, scaled=True)
+    y = (y - y.mean()) / y.std()
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=0)
+    x_val, x_test, y_val, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0)
+    train_loader = DataLoader(tensors(x_train, y_train), batch_size=32, shuffle=True)
+    val_loader = DataLoader(tensors(x_val, y_val), batch_size=64)
+    test_loader = DataLoader(tensors(x_test, y_test), batch_size=64)
+
+    torch.manual_seed(0)
+    model = MLP(x.shape[1])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    epochs = range(60)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(epochs) * len(train_loader))
+    for _epoch in epochs:
+        model.train()
+        for xb, yb in train_loader:
+            loss = nn.functional.mse_loss(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+
+    print(f"validation RMSE {rmse(model, val_loader):.4f}")
+    print(f"test RMSE {rmse(model, test_loader):.4f}")
+
+
+if __name__ == "__main__":
+    main()
