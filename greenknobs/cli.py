@@ -85,6 +85,39 @@ def cmd_validate(args) -> int:
         cap = exp.pipeline_options.get("max_examples")
         print(f"  data: {data['rows']} examples in {data['labels']} labels ({data.get('duplicates_dropped', 0)} exact "
               f"duplicates dropped{f', capped by max_examples={cap}' if cap else ''}); the seeded stratified split works")
+    if not exp.searched_knobs:
+        print("  nothing to search (no knob has a space): the study runs the baseline only")
+    if getattr(args, "smoke", False):
+        return _smoke(exp)
+    if exp.pipeline == "function":
+        print("  your code's safeguards (trivial guard, hopeless-trial stops) and knobs show in a smoke run: "
+              f"greenknobs validate {args.experiment} --smoke")
+    return 0
+
+
+def _smoke(exp) -> int:
+    from greenknobs.search.smoke import smoke
+
+    print("smoke run: the baseline, then each searched knob at the far end of its space -- a few batches and steps "
+          "each, nothing stored")
+
+    def show(run) -> None:
+        verdict = "ok" if run.outcome == "ok" else run.outcome
+        energy = f"{run.energy_j:8.1f} J {run.provenance:<8}" if run.outcome == "ok" else " " * 19
+        print(f"  {run.label:<42} {energy} {run.seconds:6.1f} s  {verdict}", flush=True)
+        for name, line in run.evidence.items():
+            print(f"      {name}: {line}", flush=True)
+
+    runs = smoke(exp, show)
+    phases = next((r.phases for r in runs if r.outcome == "ok"), [])
+    print(f"  phases measured: {', '.join(phases) or 'none'}")
+    for name, state in next((r.safeguards for r in runs if r.safeguards), {}).items():
+        print(f"  safeguard {name.replace('_', ' ')}: {state}")
+    failed = [r for r in runs if not r.ok]
+    if failed:
+        print(f"smoke: {len(failed)} of {len(runs)} runs failed -- a search would record them as failed trials")
+        return 1
+    print(f"smoke: ok ({len(runs)} runs)")
     return 0
 
 
@@ -311,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mlflow-uri")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("validate", help="check an experiment file")
+    s = sub.add_parser("validate", help="check an experiment file (--smoke: run the code a few steps, every knob once)")
+    s.add_argument("--smoke", action="store_true",
+                   help="run the baseline and each searched knob for a few batches: every phase and knob hook, no energy "
+                        "spent on a search, nothing stored")
     s.add_argument("experiment")
     s.set_defaults(func=cmd_validate)
 

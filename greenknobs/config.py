@@ -386,6 +386,8 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     budget = _mapping(raw.get("budget"), "budget")
     _reject_unknown(budget, ("trials", "timeout_s", "energy_j"), "budget")
     trials = _number(budget.get("trials", 12), "budget.trials", integer=True, low=1)
+    if not any(s.searched for s in settings.values()):
+        trials = 1  # nothing to search: the study is the baseline, measured once
     timeout_s = _number(budget.get("timeout_s"), "budget.timeout_s", low=1, allow_none=True)
     energy_budget_j = _number(budget.get("energy_j"), "budget.energy_j", low=1, allow_none=True)
     reuse = _reuse(raw.get("reuse"))

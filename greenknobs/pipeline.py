@@ -164,7 +164,7 @@ def _apply_context_knobs(trial: Trial, phase: str) -> None:
 # -- pipelines written as one function (define-by-run) ---------------------------------------------------
 FUNCTION = "function"  # the pipeline name of your own code (``pipeline: {function: ...}`` or ``{script: ...}``)
 _IN_PROCESS: dict[str, Callable[[Trial], Any]] = {}  # functions handed to greenknobs.optimize() in this process
-_INTERNAL = ("function", "script", "folder", "metric", "direction", "smoke")
+_INTERNAL = ("function", "script", "args", "folder", "metric", "direction", "smoke")
 
 
 def in_process(fn: Callable[[Trial], Any]) -> str:
@@ -208,6 +208,9 @@ class FunctionPipeline(Pipeline):
         if key == "function" and not ref.startswith("<in-process>:"):
             load_target(options)  # a bad reference fails now, naming the key, not inside trial 0
         if key == "script":
+            args = options.get("args")
+            if args is not None and not (isinstance(args, list) and all(isinstance(a, (str, int, float)) for a in args)):
+                raise ConfigError("pipeline.args", f"expected a list of command-line arguments, got {args!r}")
             load_target(options)
         return options
 
@@ -254,9 +257,16 @@ def load_target(options: dict[str, Any]) -> Callable[[Trial], Any]:
         if not path.is_file():
             raise ConfigError("pipeline.script", f"no such script: {path}")
 
+        argv = [str(a) for a in options.get("args") or []]
+
         def run_script(trial: Trial, path: Path = path) -> Any:
-            with running(trial):
-                namespace = runpy.run_path(str(path), run_name="__main__")
+            saved = sys.argv
+            sys.argv = [str(path), *argv]  # the script's own command line (argparse), from the experiment's args:
+            try:
+                with running(trial):
+                    namespace = runpy.run_path(str(path), run_name="__main__")
+            finally:
+                sys.argv = saved
             return namespace.get("greenknobs_result")
 
         run_script.__qualname__ = f"script:{path.name}"

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from greenknobs.context import TrialContext
-from greenknobs.errors import KnobNotApplied, TrialUsageError
+from greenknobs.errors import KnobError, KnobNotApplied, TrialUsageError
 from greenknobs.knobs.base import PHASE_ORDER, REGISTRY, Knob
 from greenknobs.meters.noise import measure_phase, min_window_s
 from greenknobs.phases import PHASES, SPLITS, Measurement, PhaseResult
@@ -93,7 +93,7 @@ class Trial:
         self._handed: dict[str, Any] = {}  # object kind -> the last object of that kind handed over
         self._models: list[Any] = []  # every model watched (root hooks)
         self._optimizers: list[Any] = []  # every optimizer watched (step pre-hooks)
-        self._acted: dict[str, set[tuple[str, int]]] = {}  # knob -> (kind, object id) its mechanism acted on
+        self._acted: dict[str, dict[tuple[str, int], Any]] = {}  # knob -> {(kind, object id): object} it acted on
         self._subscribers: dict[str, list[Callable[..., None]]] = {}
         self._scratch: dict[str, dict[str, Any]] = {}
         self._handles: list[Any] = []
@@ -103,6 +103,9 @@ class Trial:
         self._finished = False
         self._progress_asked = False
         self._epoch_loop_active = False
+        self._restored_phases: set[str] = set()
+        self._context_applied: set[str] = set()
+        self._adapter = False  # a five-phase pipeline: context knobs act where it calls ctx.apply_knobs()
 
     # -- knob values ---------------------------------------------------------------------------------
     @property
@@ -242,6 +245,8 @@ class Trial:
         self._ran.append(name)
         for knob, value in self._ordered():
             knob.phase_started(name, value, self)
+        if name not in ("model", "data") and not self._adapter:  # (a five-phase pipeline says when, by ctx.apply_knobs())
+            self.apply_context_knobs(name)
 
     def _phase_end_hooks(self, name: str) -> None:
         for knob, value in self._ordered():
@@ -271,6 +276,7 @@ class Trial:
             self._progress(name, result)
 
     def _restored(self, name: str, output: Any, result: PhaseResult) -> Any:
+        self._restored_phases.add(name)
         self._check_needs(start=name)
         self._ran.append(name)
         self._outputs[name] = output
@@ -337,7 +343,7 @@ class Trial:
         """``for epoch in trial.epochs(3):`` -- the epochs knob's value (``default`` when undeclared).
         Complete passes over the training loader made inside this loop are the epochs' evidence."""
         self._hand_over("epochs", default)
-        return _EpochLoop(self, self.knob("training.epochs", default))
+        return _EpochLoop(self, 1 if self.smoke else self.knob("training.epochs", default))
 
     @property
     def in_epoch_loop(self) -> bool:
@@ -401,7 +407,22 @@ class Trial:
                 if out is not None:
                     obj = out
                     self._handed[kind] = obj
+        if kind == "model" and not self._restoring:  # knobs written for ctx.model act on it here, as before
+            self.ctx.model = obj
+            self.apply_context_knobs("model")
+            obj = self._handed[kind] = self.ctx.model
         return obj
+
+    def apply_context_knobs(self, phase: str) -> None:
+        """Knobs written against the context (``Knob.apply(ctx, value)``: a user's own, the vision
+        family) act once per phase: where a five-phase pipeline calls ``ctx.apply_knobs()``, where the
+        model is handed over (model knobs), or as the phase starts."""
+        if phase in self._context_applied:
+            return
+        self._context_applied.add(phase)
+        for knob, value in self.knob_values(phase):
+            if knob.acting and type(knob).apply is not Knob.apply:
+                knob.apply(self.ctx, value)
 
     def _watch_model(self, model: Any) -> None:
         from greenknobs.ml import instruments
@@ -443,10 +464,10 @@ class Trial:
         on another kind once it acted on one (a Trainer's arguments, then its optimizer: watched only)."""
         if not knob.acting or self._restoring:
             return False
-        done = self._acted.setdefault(knob.name, set())
+        done = self._acted.setdefault(knob.name, {})
         if any(k != kind for k, _ in done) or (kind, id(obj)) in done:
             return False
-        done.add((kind, id(obj)))
+        done[(kind, id(obj))] = obj  # held for the trial's life: an id is unique only while its object lives
         return True
 
     def scratch(self, knob: Knob) -> dict[str, Any]:
@@ -488,6 +509,8 @@ class Trial:
             if not knob.needs:
                 continue
             phase = knob.needed_in or knob.phase
+            if phase in self._restored_phases:  # it acted when the stored output was built: its evidence came back
+                continue
             due = (final or (end is not None and end == phase) or (forward is not None and forward == phase)
                    or (start is not None and PHASE_ORDER.get(start, 9) > PHASE_ORDER.get(phase, 9)
                        and phase not in self._ran))
@@ -567,8 +590,11 @@ class Trial:
         try:
             for name in saved:
                 setattr(ctx, name, None)
-            with instruments.hooks_removed(list(self._handed.values()) + list(self._outputs.values())):
-                yield {"ctx": ctx, "outputs": dict(self._outputs), "handed": dict(self._handed)}
+            # of what was handed over only the model lives on (loaders, optimizers, arguments are the
+            # phases' own tools, rebuilt by any trial that runs those phases)
+            handed = {k: v for k, v in self._handed.items() if k == "model"}
+            with instruments.hooks_removed(list(handed.values()) + list(self._outputs.values())):
+                yield {"ctx": ctx, "outputs": dict(self._outputs), "handed": handed}
         finally:
             for name, value in saved.items():
                 setattr(ctx, name, value)
@@ -620,9 +646,14 @@ class Trial:
             raise TrialUsageError(f"validation quality has no {self.objective_metric!r} (the experiment's metric); got {got}")
         self._check_needs(final=True)
         self._finished = True
-        out = {}
-        for knob, value in self._ordered():
-            out[knob.name] = {"value": value, **knob.verify(self.ctx, value)}
+        out, failures = {}, []
+        for knob, value in self._ordered():  # every knob is judged; all that did not take effect are named
+            try:
+                out[knob.name] = {"value": value, **knob.verify(self.ctx, value)}
+            except KnobError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise KnobError("; ".join(failures))
         return out
 
     def abort(self, error: BaseException) -> None:
@@ -646,7 +677,7 @@ class Trial:
         out["hopeless_stop"] = "on" if getattr(self, "_progress_asked", False) else (
             "off: the code never calls trial.check_progress(...) (the Hugging Face callback does)")
         out["phase_reuse"] = "on" if self._outputs else (
-            "off: phases run in `with trial.phase(...)` blocks; return phase outputs from trial.run_phase(...) to reuse them")
+            "off: the code returns no phase outputs; run phases with trial.run_phase(name, fn, ...) to reuse them")
         return out
 
 

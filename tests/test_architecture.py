@@ -16,10 +16,10 @@ PKG = ROOT / "greenknobs"
 
 # Top to bottom; a module may import from its own layer and the layers below.
 LAYERS: list[tuple[str, ...]] = [
-    ("greenknobs.cli", "greenknobs.__main__"),
+    ("greenknobs.cli", "greenknobs.__main__", "greenknobs.api"),
     ("greenknobs.search",),
     ("greenknobs.config", "greenknobs.tracking", "greenknobs.report"),
-    ("greenknobs.pipeline", "greenknobs.phase_store"),
+    ("greenknobs.pipeline", "greenknobs.trial", "greenknobs.phase_store"),
     ("greenknobs.knobs", "greenknobs.meters"),
     ("greenknobs.ml",),
     ("greenknobs.devices",),
@@ -31,7 +31,7 @@ OUTSIDE_LAYERS = ("greenknobs", "greenknobs.testing")  # the lazy public API and
 NO_TORCH = ("greenknobs.search", "greenknobs.config", "greenknobs.tracking", "greenknobs.report", "greenknobs.cli",
             "greenknobs.pipeline", "greenknobs.meters", "greenknobs.context", "greenknobs.phases",
             "greenknobs.records", "greenknobs.units", "greenknobs.errors", "greenknobs.devices", "greenknobs.processes",
-            "greenknobs.urls", "greenknobs.phase_store")
+            "greenknobs.urls", "greenknobs.phase_store", "greenknobs.trial")
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "sklearn")
 # third-party library -> the one module (or package, for torch: the ml layer's substrate) that imports it
 OWNERS = {

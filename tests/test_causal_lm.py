@@ -34,7 +34,7 @@ def test_perplexity_beats_the_unigram_model(trained):
         assert set(q) == {"perplexity", "unigram_perplexity"} and q["perplexity"] > 1.0 and q["unigram_perplexity"] < 500
     for q in r.quality.values():  # clearly below the unigram model, on both splits
         assert q["perplexity"] < 0.95 * q["unigram_perplexity"]
-    assert r.verifications["training.epochs"]["epochs_completed"] == 4
+    assert r.verifications["training.epochs"]["passes"] == 4
     assert r.samples["inference"] > 0
 
 
@@ -53,7 +53,7 @@ def test_distillation_from_the_unpruned_model(trained):
     assert kd["teacher_forwards"] == r.verifications["training.grad_accumulation"]["micro_batches"] > 0
     assert kd["kd_loss_mean"] > 0
     assert kd["lambda_seen"] == pytest.approx(0.5, abs=1e-3) and kd["temperature_seen"] == pytest.approx(2.0, rel=1e-3)
-    assert r.verifications["model.layers_removed"]["layers_after"] == 2
+    assert r.verifications["model.layers_removed"]["blocks_ran"]["training"] == 2
     assert kd["teacher_parameters"] > r.verifications["model.layers_removed"]["params_after"]  # the unpruned one
 
 

@@ -68,7 +68,6 @@ def test_quick_variant_is_a_separate_smaller_study():
     (lambda d: d["pipeline"].update(dataset={"path": "x.csv", "sep": ";"}), "pipeline.dataset.sep"),
     (lambda d: d["pipeline"].update(name="no-such-pipeline"), "pipeline.name"),
     (lambda d: d["pipeline"].update(batch=3), "pipeline.batch"),
-    (lambda d: d.update(knobs={}), "knobs"),
     (lambda d: d.update(quick={"trials": 0}), "quick.trials"),
     (lambda d: d.update(name="bad name!"), "name"),
 ])
@@ -121,3 +120,11 @@ def test_cli_validate_good_file():
     proc = _cli("validate", "experiments/bbc-news-minilm.yaml")
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_an_experiment_that_searches_nothing_runs_the_baseline_only():
+    """A fixed knob alone (or none) is a measurement of the baseline, not an error."""
+    raw = base()
+    raw["knobs"] = {"data.max_seq_len": 64}
+    exp = parse_experiment(raw, "fixed.yaml")
+    assert not exp.searched_knobs and exp.trials == 1

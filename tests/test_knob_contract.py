@@ -69,17 +69,30 @@ def fast_compiler(monkeypatch):
 _runs: dict = {}
 
 
+def _with_baseline(pipeline, overrides):
+    if pipeline.name == "image-classification":  # small images: its own tiny baseline
+        return {**{k: v for k, v in VISION_BASELINE.items() if k not in overrides}, **overrides}
+    return dict(overrides)
+
+
 def cached_run(pipeline, overrides, runtime):
     """Baselines repeat across knobs (same companions): run each distinct trial once per session."""
     import torch
 
-    if pipeline.name == "image-classification":  # small images: its own tiny baseline
-        overrides = {**{k: v for k, v in VISION_BASELINE.items() if k not in overrides}, **overrides}
+    overrides = _with_baseline(pipeline, overrides)
     key = (pipeline.name, *sorted(overrides.items(), key=repr))
     if key not in _runs:
         torch.set_num_threads(runtime.cpu_count)
         _runs[key] = F.run_knobs_with_context(pipeline, dict(overrides), runtime)
     return _runs[key]
+
+
+def fresh_run(pipeline, overrides, runtime):
+    """The mutant's trial: never from the cache (its knob class is switched off while it runs)."""
+    import torch
+
+    torch.set_num_threads(runtime.cpu_count)
+    return F.run_knobs_with_context(pipeline, _with_baseline(pipeline, overrides), runtime)
 
 
 def _pipeline_for(name, harness, lm_harness, vision_harness):
@@ -102,7 +115,7 @@ def test_every_knob_takes_effect_or_is_refused_here(name, harness, lm_harness, v
     pipeline = _pipeline_for(name, harness, lm_harness, vision_harness)
     if name not in pipeline.knobs:
         pytest.skip(f"{name} is not used by a built-in pipeline")
-    C.check_knob(name, pipeline, runtime, run=cached_run)
+    C.check_knob(name, pipeline, runtime, run=cached_run, fresh_run=fresh_run)
 
 
 def test_baseline_values_change_nothing(harness, runtime):
@@ -128,21 +141,36 @@ def test_interop_threads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    code = f"""
+    code = """
 import torch
 from pathlib import Path
 from greenknobs.runtime import Runtime
 from greenknobs.testing import fixtures as F
 from pipelines.text_classification import TextClassificationPipeline
-root = Path({str(tmp_path)!r})
+root = Path({root!r})
 opts = F.classification_options(F.make_tiny_model_dir(root / "m"), F.make_tiny_csv(root / "t.csv"))
 pipe = TextClassificationPipeline(TextClassificationPipeline.validate_options(opts))
 want = 1 if torch.get_num_interop_threads() != 1 else 2
-r = F.run_knobs(pipe, {{"system.interop_threads": want}}, Runtime("cpu", 2, 0))
-print("seen", r.verifications["system.interop_threads"]["interop_threads_in_training"], "want", want)
+if {mutant}:  # the mechanism off: nothing sets the pool, and verification must say so
+    from greenknobs.errors import KnobError
+    from greenknobs.knobs import REGISTRY
+    REGISTRY["system.interop_threads"].acting = False
+    try:
+        F.run_knobs(pipe, {{"system.interop_threads": want}}, Runtime("cpu", 2, 0))
+        print("mutant passed")
+    except KnobError as exc:
+        print("mutant failed:", exc)
+else:
+    r = F.run_knobs(pipe, {{"system.interop_threads": want}}, Runtime("cpu", 2, 0))
+    print("seen", r.verifications["system.interop_threads"]["threads_in_training"], "want", want)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    root = os.path.dirname(os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", code.format(root=str(tmp_path), mutant=False)], capture_output=True, text=True, timeout=300,
+                         cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     seen, want = out.stdout.split()[1], out.stdout.split()[3]
     assert seen == want
+    mutant = subprocess.run([sys.executable, "-c", code.format(root=str(tmp_path), mutant=True)], capture_output=True, text=True,
+                            timeout=300, cwd=root)
+    assert mutant.returncode == 0, mutant.stderr[-3000:]
+    assert "mutant failed: system.interop_threads did not take effect" in mutant.stdout, mutant.stdout

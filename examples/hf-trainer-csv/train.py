@@ -4,6 +4,7 @@ The plain script is train_plain.py; `diff -u train_plain.py train.py` shows ever
 Run the search: `greenknobs search examples/hf-trainer-csv/experiment.yaml --quick`.
 """
 
+import argparse
 from pathlib import Path
 
 import greenknobs as gk
@@ -30,9 +31,16 @@ def compute_metrics(eval_pred):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--csv", default=str(HERE / "data" / "news.csv"))
+    parser.add_argument("--max-rows", type=int, default=None, help="train on a subset (a quick look)")
+    parser.add_argument("--epochs", type=float, default=2)
+    cli = parser.parse_args()
     trial = gk.current_trial()
     trial.start_phase("data")
-    data = load_dataset("csv", data_files=str(HERE / "data" / "news.csv"))["train"].class_encode_column("label")
+    data = load_dataset("csv", data_files=cli.csv)["train"].class_encode_column("label")
+    if cli.max_rows:
+        data = data.shuffle(seed=0).select(range(cli.max_rows))
     first = data.train_test_split(test_size=0.4, seed=0, stratify_by_column="label")
     second = first["test"].train_test_split(test_size=0.5, seed=0, stratify_by_column="label")
     train, validation, test = first["train"], second["train"], second["test"]
@@ -53,7 +61,7 @@ def main():
         warmup_steps=0.1,
         per_device_train_batch_size=16,
         per_device_eval_batch_size=64,
-        num_train_epochs=2,
+        num_train_epochs=cli.epochs,
         eval_strategy="no",
         save_strategy="epoch",
         logging_steps=50,

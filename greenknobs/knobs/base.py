@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -76,6 +76,32 @@ class Space:
         if self.step:
             d["step"] = self.step
         return d
+
+
+Values = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Requires:
+    """Away from its baseline, a knob does nothing unless ``active(values)`` holds over ``knobs``
+    (a LoRA alpha without LoRA). The search puts such a value back to the baseline before the
+    trial runs; with ``refuse``, a trial run directly with it is refused, as a silent no-op would be."""
+
+    knobs: tuple[str, ...]
+    active: Callable[[Values], bool]
+    why: str  # what would have to hold, in words
+    refuse: bool = False
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """This knob's values for which ``mine`` holds cannot run next to ``other``'s for which ``theirs``
+    holds (bf16 serving with int8 kernels): such a trial is infeasible before it starts."""
+
+    other: str
+    mine: Callable[[Any], bool]
+    theirs: Callable[[Any], bool]
+    why: str
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,10 @@ class Knob(ABC):
     acting: bool = True
     # Some evidence needs the whole run (every epoch): a smoke run (a few steps) only checks it exists.
     judge_in_smoke: ClassVar[bool] = True
+
+    # -- combinations (greenknobs.knobs.compat reads these) ----------------------------------------
+    requires: ClassVar[Requires | None] = None
+    conflicts: ClassVar[tuple[Conflict, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,12 +1,13 @@
 """Knob combinations that cannot work together, and settings that do nothing in a combination.
 
+The rules live on the knobs (``Knob.requires``, ``Knob.conflicts``); this module applies them.
 ``Knob.check`` judges one value against the machine. Some values only fail next to another
 knob's value (bf16 inference with int8 quantisation): those are REFUSED here, before the trial
 runs, and the trial is recorded as infeasible with the reason. Others are *inert*: a LoRA alpha
 without LoRA, a pruning method with no layer removed. The search canonicalises those to the
 baseline value before running (``canonicalise``), so it never spends energy on a trial that
-differs from an earlier one only in settings nothing reads; run directly, the first four still
-refuse, as a silent no-op would.
+differs from an earlier one only in settings nothing reads; run directly, those declared with
+``refuse`` still refuse, as a silent no-op would.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from greenknobs.errors import IncompatibleKnobs
+from greenknobs.knobs.base import Conflict
 
 Values = dict[str, Any]
 # (knobs involved, rule: values -> reason or None). ``values`` holds every knob of the trial.
@@ -33,56 +35,35 @@ class Inert:
     refuse: bool = False  # also refused when a trial is run directly (not only canonicalised)
 
 
-_CALIBRATING = {"block_influence", "angular", "iterative_loss", "iterative_metric", "learned_mask", "merge"}
-
-INERT: list[Inert] = [
-    Inert("model.lora_alpha", ("model.lora_rank",), lambda v: v["model.lora_rank"] > 0, "model.lora_rank > 0", True),
-    Inert("model.lora_targets", ("model.lora_rank",), lambda v: v["model.lora_rank"] > 0, "model.lora_rank > 0", True),
-    Inert("training.kd_temperature", ("training.kd_lambda",), lambda v: v["training.kd_lambda"] > 0,
-          "training.kd_lambda > 0", True),
-    Inert("inference.early_exit", ("training.exit_head_depth",), lambda v: v["training.exit_head_depth"] > 0,
-          "training.exit_head_depth > 0 (the exit head is trained in the training phase)", True),
-    *(Inert(name, ("model.layers_removed",), lambda v: v["model.layers_removed"] > 0, "model.layers_removed > 0")
-      for name in ("model.pruning_method", "model.pruning_compensation", "model.healing_steps")),
-    Inert("model.pruning_iterative", ("model.layers_removed",), lambda v: v["model.layers_removed"] > 1,
-          "model.layers_removed > 1 (one block is removed in one round either way)"),
-    Inert("model.calibration_samples", ("model.layers_removed", "model.pruning_method"),
-          lambda v: v["model.layers_removed"] > 0 and (v["model.pruning_method"] in _CALIBRATING
-                                                       or v.get("model.pruning_compensation") or v.get("model.healing_steps", 0) > 0),
-          "layers removed by a method that scores calibration data (or compensation, or healing)"),
-    *(Inert(name, ("model.healing_steps",), lambda v: v["model.healing_steps"] > 0, "model.healing_steps > 0")
-      for name in ("model.healing_lambda", "model.healing_temperature", "model.healing_entropy_weight")),
-]
+INERT: list[Inert] = []  # rules for knobs that do not declare ``requires`` themselves (a pipeline's own family)
 
 
-def _both(a: str, a_bad: Callable[[Any], bool], b: str, b_bad: Callable[[Any], bool], why: str) -> Rule:
+def inert_rules() -> list[Inert]:
+    """Every "does nothing unless" rule: declared on the knobs (``Knob.requires``), then registered ones."""
+    from greenknobs.knobs.base import REGISTRY
+
+    declared = [Inert(name, cls.requires.knobs, cls.requires.active, cls.requires.why, cls.requires.refuse)
+                for name, cls in REGISTRY.items() if cls.requires is not None]
+    return declared + INERT
+
+
+def _conflict_rule(name: str, c: Conflict) -> Rule:
     def rule(v: Values) -> str | None:
-        if a_bad(v[a]) and b_bad(v[b]):
-            return f"{a}={v[a]!r} with {b}={v[b]!r}: {why}"
+        if c.mine(v[name]) and c.theirs(v[c.other]):
+            return f"{name}={v[name]!r} with {c.other}={v[c.other]!r}: {c.why}"
         return None
-    return (a, b), rule
+    return (name, c.other), rule
 
 
-def _needs(dependent: str, baseline: Any, required: str, ok: Callable[[Any], bool], why: str) -> Rule:
-    def rule(v: Values) -> str | None:
-        if v[dependent] != baseline and not ok(v[required]):
-            return f"{dependent}={v[dependent]!r} needs {required} {why} (it is {v[required]!r})"
-        return None
-    return (dependent, required), rule
+def rules() -> list[Rule]:
+    """Every refusal rule: the knobs' declared conflicts, then registered ones (``register_rule``)."""
+    from greenknobs.knobs.base import REGISTRY
+
+    declared = [_conflict_rule(name, c) for name, cls in REGISTRY.items() for c in cls.conflicts]
+    return declared + RULES
 
 
-RULES: list[Rule] = [
-    _needs("model.quantized_load", "none", "model.lora_rank", lambda r: r > 0,
-           "> 0 (quantised weights cannot be trained; QLoRA trains adapters on top)"),
-    _both("inference.precision", lambda p: p != "fp32", "inference.quantization", lambda q: q != "none",
-          "dynamic int8 kernels take fp32 activations"),
-    _both("inference.compile", lambda c: c != "off", "inference.early_exit", lambda e: e != "off",
-          "early exit runs a truncated layer stack, which a compiled graph cannot follow"),
-    _both("model.weight_dtype", lambda d: d != "fp32", "training.precision", lambda p: p == "fp16",
-          "fp16 loss scaling needs fp32 master weights"),
-    _both("model.weight_dtype", lambda d: d != "fp32", "training.optimizer", lambda o: o == "adamw_8bit",
-          "8-bit AdamW keeps fp32 master weights; use fp32 weights"),
-]
+RULES: list[Rule] = []
 
 
 def register_rule(names: tuple[str, ...], rule: Callable[[Values], str | None]) -> None:
@@ -98,7 +79,7 @@ def canonicalise(values: Values, baseline: Values) -> tuple[Values, list[str]]:
     changed = True
     while changed:
         changed = False
-        for r in INERT:
+        for r in inert_rules():
             if r.dependent not in out or r.dependent not in baseline or not all(n in out for n in r.needs):
                 continue
             if out[r.dependent] != baseline[r.dependent] and not r.active(out):
@@ -114,11 +95,11 @@ def check_trial(pipeline, knob_values: list[tuple[Any, Any]], runtime) -> None:
         knob.check(value, runtime)
     values = {k.name: v for k, v in knob_values}
     defaults = {k.name: k.default for k, _ in knob_values}
-    for r in INERT:
+    for r in inert_rules():
         if r.refuse and r.dependent in values and all(n in values for n in r.needs) \
                 and values[r.dependent] != defaults[r.dependent] and not r.active(values):
             raise IncompatibleKnobs(f"{r.dependent}={values[r.dependent]!r} needs {r.why}; otherwise it would do nothing")
-    for names, rule in RULES:
+    for names, rule in rules():
         if all(n in values for n in names):
             reason = rule(values)
             if reason:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from greenknobs.errors import ConfigError
 from greenknobs.knobs import watching
-from greenknobs.knobs.base import ObjectKnob, SettingKnob, Space, register
+from greenknobs.knobs.base import Conflict, ObjectKnob, Requires, SettingKnob, Space, register
 from greenknobs.knobs.system import BatchEvidence, CompileKnob, _batch_knob_handed, _judge_batches
 from greenknobs.knobs.training import FP16_NEEDS_CUDA
 from greenknobs.ml import instruments
@@ -23,7 +23,7 @@ class InferenceBatchSize(ObjectKnob):
     example = 8
     description = ("Examples per inference forward pass: the batch size of a DataLoader handed to trial.eval_loader(), "
                    "or TrainingArguments.per_device_eval_batch_size.")
-    verifies = "rows of the largest batch a serving forward pass received (a forward pre-hook)"
+    verifies = "rows of the largest batch a forward pass serving validation received (a forward pre-hook)"
     acts_on = ("eval_loader", "training_args")
     watches = ("model",)
     needs = (("eval_loader", "model"), ("training_args", "model"))
@@ -31,8 +31,9 @@ class InferenceBatchSize(ObjectKnob):
     evidence_type = BatchEvidence
 
     def handed(self, kind, obj, value, trial):
+        # judged where the objective is served (validation); the held-out window may serve as it likes
         return _batch_knob_handed(self, kind, obj, value, trial, "eval_loader", "per_device_eval_batch_size",
-                                  watching.SERVING)
+                                  ("inference",))
 
     def judge(self, value, ev, ctx):
         return _judge_batches(value, ev)
@@ -113,6 +114,8 @@ class Quantization(ObjectKnob):
 @register
 class InferencePrecision(ObjectKnob):
     name = "inference.precision"
+    conflicts = (Conflict("inference.quantization", lambda p: p != "fp32", lambda q: q != "none",
+                          "dynamic int8 kernels take fp32 activations"),)
     default = "fp32"
     space = Space(choices=tuple(DTYPES))
     value_devices = FP16_NEEDS_CUDA
@@ -154,6 +157,8 @@ class InferencePrecision(ObjectKnob):
 @register
 class InferenceCompile(CompileKnob):
     name = "inference.compile"
+    conflicts = (Conflict("inference.early_exit", lambda c: c != "off", lambda e: e != "off",
+                          "early exit runs a truncated layer stack, which a compiled graph cannot follow"),)
     description = ("torch.compile the trained model for inference (Inductor, dynamic shapes); compile time counts as "
                    "inference energy.")
     verifies = "graphs compiled and calls into compiled code during inference (a counting compiler backend)"
@@ -197,6 +202,7 @@ class InferenceSeqLen(SettingKnob):
 @register
 class EarlyExit(SettingKnob):
     name = "inference.early_exit"
+    requires = Requires(('training.exit_head_depth',), lambda v: v["training.exit_head_depth"] > 0, 'training.exit_head_depth > 0 (the exit head is trained in the training phase)', True)
     default = "off"
     space = Space(choices=("off", 0.99, 0.95, 0.9, 0.8))
     value_type = (str, float)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from greenknobs.errors import ConfigError
-from greenknobs.knobs.base import ObjectKnob, SettingKnob, Space, register
+from greenknobs.knobs.base import ObjectKnob, Requires, SettingKnob, Space, register
 from greenknobs.ml import instruments, lora
 from greenknobs.ml.lora import select_targets
 
@@ -87,6 +87,7 @@ def _adapters(ctx) -> dict[str, Any]:
 @register
 class LoraAlpha(SettingKnob):
     name = "model.lora_alpha"
+    requires = Requires(('model.lora_rank',), lambda v: v["model.lora_rank"] > 0, 'model.lora_rank > 0', True)
     default = 16
     space = Space(choices=(8, 16, 32))
     bounds = (1, None)
@@ -109,6 +110,7 @@ class LoraAlpha(SettingKnob):
 @register
 class LoraTargets(SettingKnob):
     name = "model.lora_targets"
+    requires = Requires(('model.lora_rank',), lambda v: v["model.lora_rank"] > 0, 'model.lora_rank > 0', True)
     default = "attention"
     space = Space(choices=("attention", "qv", "attention_mlp"))
     example = "attention_mlp"

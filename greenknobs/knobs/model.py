@@ -9,7 +9,7 @@ from typing import Any
 
 from greenknobs.errors import IncompatibleKnobs, KnobError
 from greenknobs.knobs import watching
-from greenknobs.knobs.base import ObjectKnob, Space, register
+from greenknobs.knobs.base import Conflict, ObjectKnob, Space, register
 from greenknobs.knobs.training import FP16_NEEDS_CUDA
 from greenknobs.ml import bnb, instruments, layers
 from greenknobs.ml.precision import DTYPES, cast_model
@@ -106,6 +106,10 @@ class DtypeEvidence:
 @register
 class WeightDtype(ObjectKnob):
     name = "model.weight_dtype"
+    conflicts = (Conflict("training.precision", lambda d: d != "fp32", lambda p: p == "fp16",
+                          "fp16 loss scaling needs fp32 master weights"),
+                 Conflict("training.optimizer", lambda d: d != "fp32", lambda o: o == "adamw_8bit",
+                          "8-bit AdamW keeps fp32 master weights; use fp32 weights"))
     default = "fp32"
     space = Space(choices=tuple(DTYPES))
     value_devices = FP16_NEEDS_CUDA
@@ -197,6 +201,8 @@ class QuantizedLoadEvidence:
 @register
 class QuantizedLoad(ObjectKnob):
     name = "model.quantized_load"
+    conflicts = (Conflict("model.lora_rank", lambda q: q != "none", lambda r: r == 0,
+                          "quantised weights cannot be trained: QLoRA trains adapters on top (model.lora_rank > 0)"),)
     default = "none"
     space = Space(choices=("none", "int8", "nf4"))
     devices = ("cuda",)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from greenknobs.errors import KnobError
-from greenknobs.knobs.base import REGISTRY, SettingKnob, Space, register
+from greenknobs.knobs.base import REGISTRY, Requires, SettingKnob, Space, register
 from greenknobs.ml.pruning.methods import METHODS, choice_problem
 from greenknobs.ml.pruning.trial import PruneOptions
 
@@ -25,6 +25,14 @@ OPTION_OF = {"model.pruning_method": "method", "model.pruning_iterative": "itera
 def prune_options(trial) -> PruneOptions:
     """The pruning settings of this trial (read as the mechanism's settings); undeclared: defaults."""
     return PruneOptions(**{field: trial.knob(name, REGISTRY[name].default) for name, field in OPTION_OF.items()})
+
+
+_CALIBRATING = {"block_influence", "angular", "iterative_loss", "iterative_metric", "learned_mask", "merge"}
+
+
+def _calibrates(v) -> bool:
+    return v["model.layers_removed"] > 0 and (v["model.pruning_method"] in _CALIBRATING
+                                              or v.get("model.pruning_compensation") or v.get("model.healing_steps", 0) > 0)
 
 
 class PruningSetting(SettingKnob):
@@ -54,6 +62,7 @@ class PruningSetting(SettingKnob):
 @register
 class PruningMethod(PruningSetting):
     name = "model.pruning_method"
+    requires = Requires(('model.layers_removed',), lambda v: v["model.layers_removed"] > 0, 'model.layers_removed > 0')
     default = "top"
     space = Space(choices=METHODS)
     example = "block_influence"
@@ -81,6 +90,7 @@ class PruningMethod(PruningSetting):
 @register
 class PruningIterative(PruningSetting):
     name = "model.pruning_iterative"
+    requires = Requires(('model.layers_removed',), lambda v: v["model.layers_removed"] > 1, 'model.layers_removed > 1 (one block is removed in one round either way)')
     default = False
     space = Space(choices=(False, True))
     example = True
@@ -99,6 +109,7 @@ class PruningIterative(PruningSetting):
 @register
 class PruningCompensation(PruningSetting):
     name = "model.pruning_compensation"
+    requires = Requires(('model.layers_removed',), lambda v: v["model.layers_removed"] > 0, 'model.layers_removed > 0')
     default = False
     space = Space(choices=(False, True))
     example = True
@@ -116,6 +127,8 @@ class PruningCompensation(PruningSetting):
 @register
 class CalibrationSamples(PruningSetting):
     name = "model.calibration_samples"
+    requires = Requires(("model.layers_removed", "model.pruning_method"), _calibrates,
+                        "layers removed by a method that scores calibration data (or compensation, or healing)")
     default = 32
     space = Space(low=8, high=128, integer=True, log=True)
     bounds = (1, None)
@@ -141,6 +154,7 @@ class CalibrationSamples(PruningSetting):
 @register
 class HealingSteps(PruningSetting):
     name = "model.healing_steps"
+    requires = Requires(('model.layers_removed',), lambda v: v["model.layers_removed"] > 0, 'model.layers_removed > 0')
     default = 0
     space = Space(low=0, high=200, integer=True)
     bounds = (0, None)
@@ -183,6 +197,7 @@ class HealingParam(PruningSetting):
 @register
 class HealingLambda(HealingParam):
     name = "model.healing_lambda"
+    requires = Requires(('model.healing_steps',), lambda v: v["model.healing_steps"] > 0, 'model.healing_steps > 0')
     field = "lambda_seen"
     default = 0.5
     space = Space(low=0.0, high=1.0)
@@ -195,6 +210,7 @@ class HealingLambda(HealingParam):
 @register
 class HealingTemperature(HealingParam):
     name = "model.healing_temperature"
+    requires = Requires(('model.healing_steps',), lambda v: v["model.healing_steps"] > 0, 'model.healing_steps > 0')
     field = "temperature_seen"
     default = 2.0
     space = Space(low=1.0, high=8.0)
@@ -207,6 +223,7 @@ class HealingTemperature(HealingParam):
 @register
 class HealingEntropyWeight(HealingParam):
     name = "model.healing_entropy_weight"
+    requires = Requires(('model.healing_steps',), lambda v: v["model.healing_steps"] > 0, 'model.healing_steps > 0')
     field = "entropy_weighted_seen"
     default = False
     space = Space(choices=(False, True))

@@ -30,9 +30,14 @@ def _batch_knob_handed(knob: ObjectKnob, kind: str, obj: Any, value: int, trial:
     if kind == loader_kind:
         if trial.may_act(knob, kind, obj):
             out = instruments.set_batch_size(obj, value)
-        rows = instruments.loader_rows(out if out is not None else obj)
-        if rows is not None:
-            ev.rows_available = max(ev.rows_available or 0, rows)
+        loader = out if out is not None else obj
+        rows = instruments.loader_rows(loader)
+
+        def served(batch, rows=rows) -> None:  # the loader's rows count where its batches are served
+            if rows is not None and trial.current_phase in phases:
+                ev.rows_available = max(ev.rows_available or 0, rows)
+
+        instruments.watch_loader(loader).on_batch.append(served)
     elif kind == "training_args" and trial.may_act(knob, kind, obj):
         setattr(obj, arg, value)
     if watching.once(trial, knob):

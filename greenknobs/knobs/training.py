@@ -8,7 +8,7 @@ from typing import Any
 
 from greenknobs.errors import IncompatibleKnobs, KnobNotApplied
 from greenknobs.knobs import watching
-from greenknobs.knobs.base import ObjectKnob, SettingKnob, Space, register
+from greenknobs.knobs.base import ObjectKnob, Requires, SettingKnob, Space, register
 from greenknobs.ml import instruments
 
 # CPU autocast supports bf16 only, and fp16 matmuls on a CPU are slow and unstable
@@ -139,7 +139,7 @@ class LearningRate(ObjectKnob):
 
 @dataclass
 class PrecisionEvidence:
-    training_output: str | None = None  # dtype of the model's output in the first training forward
+    training_output: str | None = None  # dtypes the Linear layers computed in, in the first training forward
     weights: str | None = None
     via: str | None = None  # "training_args" (the Trainer's autocast) or "model" (an autocast around its forward)
 
@@ -153,7 +153,7 @@ class Precision(ObjectKnob):
     example = "bf16"
     description = ("Mixed precision for training: autocast to bf16 (CPU or GPU) or fp16 (GPU). Through TrainingArguments "
                    "(bf16/fp16) for a Trainer, else an autocast around the handed-over model's forward while training runs.")
-    verifies = "dtype of the model's output in a real training forward pass"
+    verifies = "dtype of the Linear layers' outputs in a real training forward pass (forward hooks)"
     acts_on = ("training_args", "model")
     needs = (("model",),)
     needs_hint = "the model: trial.model(model)"
@@ -164,15 +164,22 @@ class Precision(ObjectKnob):
         if kind == "training_args":
             if value != "fp32" and trial.may_act(self, kind, obj):
                 setattr(obj, value, True)
+                if hasattr(obj, "mixed_precision"):  # what the Trainer builds its accelerator from (set at init)
+                    obj.mixed_precision = value
                 trial.evidence(self).via = "training_args"
             return None
         ev = trial.evidence(self)
         if watching.once(trial, self):
             def start(phase, module, args, kwargs):
                 ev.weights = instruments.floating_dtype(module)
+                return instruments.linear_output_dtypes(module)
 
             def finish(phase, state, module, output):
-                ev.training_output = instruments.output_dtype(output)
+                dtypes, handles = state
+                for h in handles:
+                    h.remove()
+                # the Linear layers' own outputs: a wrapper may cast the model's output back to fp32
+                ev.training_output = "+".join(sorted(dtypes)) or instruments.output_dtype(output)
 
             watching.on_first_forward(trial, ("training",), start, finish)
         return None
@@ -430,6 +437,7 @@ class DistillationLambda(SettingKnob):
 @register
 class DistillationTemperature(SettingKnob):
     name = "training.kd_temperature"
+    requires = Requires(('training.kd_lambda',), lambda v: v["training.kd_lambda"] > 0, 'training.kd_lambda > 0', True)
     default = 2.0
     space = Space(choices=(1.0, 2.0, 4.0))
     bounds = (1e-6, None)

@@ -118,6 +118,14 @@ def linear_modules(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     return quantized, floats
 
 
+def linear_output_dtypes(model: nn.Module) -> tuple[set[str], list[Handle]]:
+    """The dtypes the model's Linear layers compute in, filled as a forward runs (remove the handles)."""
+    seen: set[str] = set()
+    handles = [m.register_forward_hook(lambda _m, _a, out: seen.add(str(out.dtype)) if torch.is_tensor(out) else None)
+               for m in model.modules() if isinstance(m, nn.Linear)]
+    return seen, handles
+
+
 def blocks(model: nn.Module) -> list[nn.Module]:
     """The model's stack of repeated blocks (transformer layers, residual blocks)."""
     return list(layers.find_layer_stack(model)[2])

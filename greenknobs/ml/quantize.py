@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -18,7 +20,14 @@ def quantize_dynamic_int8_(model: nn.Module) -> nn.Module:
     code holding the model, then serves the quantised one); a bf16-stored model is upcast first."""
     from torch.ao.quantization import quantize_dynamic
 
-    return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8, inplace=True)
+    if "forward" in model.__dict__ and hasattr(model, "_original_forward"):
+        # accelerate's mixed precision left an autocast around the forward (a Trainer trained in
+        # bf16): int8 kernels take fp32 activations, so serving runs the model's own forward
+        model.forward = model._original_forward  # type: ignore[method-assign]
+        del model._original_forward
+    with warnings.catch_warnings():  # torch.ao's own deprecation notice, once per quantised layer
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        return quantize_dynamic(model.float(), {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def count_quantized_linears(model: nn.Module) -> int:

@@ -3,8 +3,9 @@
 For one knob: (1) it describes itself (phase, default inside its space, devices, what it verifies);
 (2) where this machine can run it, a non-default value applied inside the real pipeline changes
 the evidence its ``verify`` reads back, and verify accepts it -- and verify *rejects* a broken
-knob: one that recorded nothing, and one that silently did nothing (the evidence the baseline
-run left, judged against the non-default value); (3) where it cannot run, ``check`` refuses with
+knob: one that recorded nothing, one that silently did nothing (the evidence the baseline run
+left, judged against the non-default value), and a *mutant*: the same trial with the knob's
+mechanism switched off but its setting and hooks kept; (3) where it cannot run, ``check`` refuses with
 a reason before anything runs. For a pipeline: (4) every knob at its baseline changes nothing on
 the model, the data or the runtime.
 
@@ -78,9 +79,28 @@ def check_rejects_broken_evidence(name: str, value: Any, baseline_ctx: TrialCont
     that silently did nothing -- the run at the default value stands in for that knob."""
     knob = get_knob(name)
     empty = TrialContext(ctx.runtime, ctx.seed, settings=dict(ctx.settings))
+    empty.trial = ctx.trial
     _expect_knob_error(lambda: knob.verify(empty, value), f"{name}={value!r} passed verification with no evidence at all")
     _expect_knob_error(lambda: knob.verify(baseline_ctx, value),
                        f"{name}={value!r} passed verification on the evidence of a run that never applied it")
+
+
+def check_mutant_fails(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs_with_context) -> str:
+    """The knob with its *mechanism* switched off but its setting and evidence hooks kept (an
+    ObjectKnob's ``trial.may_act`` says no; a setting's readers get the baseline value): the trial
+    runs, and verification must fail -- evidence a broken mechanism can produce proves nothing.
+    Returns the failure's message."""
+    value, companions = example_of(name)
+    cls = REGISTRY[name]
+    cls.acting = False
+    try:
+        run(pipeline, {**companions, name: value}, runtime)
+    except KnobError as exc:
+        assert name in str(exc), f"{name}'s mutant failed, but on another knob's check: {exc}"
+        return str(exc)
+    finally:
+        del cls.acting  # back to the base class's True
+    raise AssertionError(f"{name}={value!r} passed verification with its mechanism switched off")
 
 
 def _expect_knob_error(verify: Callable[[], Any], message: str) -> None:
@@ -96,9 +116,9 @@ def check_refused(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs
     value, companions = example_of(name)
     started = []
     original = pipeline.data
-    def data(ctx):
+    def data(*args):
         started.append(True)
-        original(ctx)
+        original(*args)
 
     pipeline.data = data
     try:
@@ -152,13 +172,16 @@ def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run
     return result
 
 
-def check_knob(name: str, pipeline, runtime: Runtime | None = None, run: Runner = run_knobs_with_context) -> None:
-    """The whole per-knob contract on ``pipeline``, here."""
+def check_knob(name: str, pipeline, runtime: Runtime | None = None, run: Runner = run_knobs_with_context,
+               fresh_run: Runner | None = None) -> None:
+    """The whole per-knob contract on ``pipeline``, here. ``run`` may cache trials; ``fresh_run``
+    (default: ``run``) must not -- the mutant's trial is always run anew."""
     runtime = runtime or detect_runtime()
     check_fields(name)
     value, _ = example_of(name)
     knob = get_knob(name)
     if runtime.device in knob.value_devices.get(value, knob.devices):
         check_takes_effect(name, pipeline, runtime, run)
+        check_mutant_fails(name, pipeline, runtime, fresh_run or run)
     else:
         check_refused(name, pipeline, runtime, run)
