@@ -8,10 +8,11 @@ paired, seed by seed.
 
 Energy is whatever the experiment's meter gives here; on a machine without RAPL or a GPU that is
 the cpu-model: *modelled*, not measured. Three figures per run:
-  inference J   the served workload (every validation and test image): what pruning is for
+  inference J   the served workload (every validation and test image: the inference phase and the
+                held-out window): what pruning is for
   post-dense J  pruning + fine-tuning (nested windows of the training phase) + inference: all a
                 strategy spends after the dense training every strategy shares
-  total J       the whole trial
+  total J       the whole trial, the held-out window included
 
 Matching: for each hybrid configuration and seed, the channel-only and layer-only curves of the
 same seed (test macro-F1 against energy, piecewise linear between their configurations) are read
@@ -69,10 +70,11 @@ def run_config(pipeline, base: dict[str, Any], overrides: dict[str, Any], exp, r
         meter.close()
     steps = r.phases["training"].details.get("energy_breakdown", {})
     served = r.verifications["model.blocks_removed"]
+    # the served workload is validation (the inference phase) + test (the held-out window)
+    inference_j = r.phases["inference"].energy_j + (r.held_out.energy_j if r.held_out else 0.0)
     return {
-        "total_j": r.energy_j, "inference_j": r.phases["inference"].energy_j,
-        "post_dense_j": sum((steps.get(k) or {}).get("energy_j") or 0.0 for k in ("pruning", "finetune"))
-        + r.phases["inference"].energy_j,
+        "total_j": r.energy_j + (r.held_out.energy_j if r.held_out else 0.0), "inference_j": inference_j,
+        "post_dense_j": sum((steps.get(k) or {}).get("energy_j") or 0.0 for k in ("pruning", "finetune")) + inference_j,
         "provenance": r.provenance, "meter": r.meter,
         "test_f1": r.quality["test"]["macro_f1"], "val_f1": r.quality["validation"]["macro_f1"],
         "params": served["parameters_after"], "flops": served["flops_per_image_after"],

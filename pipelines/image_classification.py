@@ -5,15 +5,18 @@ data:      scikit-learn's bundled handwritten digits (1,797 grey 8 x 8 images, 1
            stratified train/validation/test split; data.train_fraction of the training split kept;
            normalised with the full training split's statistics (the same in every trial) and resized
            to data.input_resolution
-model:     a fresh SmallResNet (conv stem, stages of basic residual blocks with batch norm)
-system:    threads, batch size; the model placed on the device
-training:  dense training (training.epochs), then structural pruning -- channels per stage by
-           model.channel_criterion, residual blocks by importance, in model.prune_order -- then
-           fine-tuning (training.finetune_epochs); greenknobs.ml.vision.trial
-inference: one fixed workload -- every validation and test image -- optionally static int8;
-           macro-F1 and accuracy per split, beside the trivial baselines (majority, stratified
-           random; those depend on the labels only and are computed in the data phase, so the
-           inference window measures serving, not their seeded simulation)
+model:     a fresh SmallResNet (conv stem, stages of basic residual blocks with batch norm), handed to
+           the trial (trial.model): the shared knobs watch it and act on its forward
+system:    the model placed on the device (the threads knob acted as the first phase started)
+training:  dense training on a DataLoader, optimizer and epoch loop handed to the trial (batch size,
+           learning rate, epochs and precision act on them), then structural pruning -- channels per
+           stage by model.channel_criterion, residual blocks by importance, in model.prune_order --
+           then fine-tuning (training.finetune_epochs); greenknobs.ml.vision.trial
+inference: the validation split served through a DataLoader handed to the trial (inference.batch_size),
+           optionally static int8 (calibrated in this window); the test split is served the same way
+           in the held-out window, outside the objective. Macro-F1 and accuracy per split, beside the
+           trivial baselines (majority, stratified random; those depend on the labels only and are
+           computed in the data phase, so the serving windows measure serving, not their simulation)
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.ml import metrics
 from greenknobs.ml.data import stratified_subset, subsample_training
-from greenknobs.ml.vision import images, trial
+from greenknobs.ml.vision import images
+from greenknobs.ml.vision import trial as vision
 from greenknobs.ml.vision.resnet import MAX_STAGES, SmallResNet, removable_count
 from greenknobs.ml.vision.train import predict
 from greenknobs.pipeline import Pipeline
@@ -70,7 +74,7 @@ class ImageClassificationPipeline(Pipeline):
     name = "image-classification"
     knobs = (
         "data.train_fraction", "data.input_resolution",
-        *trial.STAGE_SETTINGS, "model.channel_criterion", "model.blocks_removed", "model.prune_order",
+        *vision.STAGE_SETTINGS, "model.channel_criterion", "model.blocks_removed", "model.prune_order",
         "system.threads", "system.train_batch_size",
         "training.epochs", "training.learning_rate", "training.precision", "training.finetune_epochs",
         "inference.batch_size", "inference.static_int8",
@@ -120,7 +124,7 @@ class ImageClassificationPipeline(Pipeline):
     def check_knobs(self, values: dict[str, Any], runtime) -> None:
         """This model's shape limits, before anything runs."""
         stages = len(self.options["widths"])
-        for s, name in enumerate(trial.STAGE_SETTINGS, start=1):
+        for s, name in enumerate(vision.STAGE_SETTINGS, start=1):
             if s > stages and values.get(name, 0) > 0:
                 raise IncompatibleKnobs(f"{name}={values[name]} but the model has {stages} stages")
         removable = removable_count(self.options["blocks"])
@@ -128,38 +132,52 @@ class ImageClassificationPipeline(Pipeline):
             raise IncompatibleKnobs(f"model.blocks_removed={values['model.blocks_removed']} but only {removable} blocks "
                                     f"have an identity shortcut (blocks {self.options['blocks']})")
 
-    # -- phases ------------------------------------------------------------------------------
-    def data(self, ctx) -> None:
+    # -- one trial, written as user code would be (greenknobs.trial) ---------------------------------
+    def run(self, trial) -> None:
+        """Each phase a function the trial runs (its output reusable by later trials); the model, the
+        loaders and the dense optimizer go through the trial, so the shared knobs act on them; the
+        test split is scored in the held-out window, outside the objective."""
+        trial.run_phase("data", self.data, trial)
+        trial.run_phase("model", self.model, trial)
+        trial.run_phase("system", self.system, trial)
+        trial.run_phase("training", self.training, trial)
+        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
+        with trial.held_out():
+            self.serve(trial, "test")
+
+    def data(self, trial) -> None:
+        ctx = trial.ctx
         examples, dropped, ctx.extras["label_names"], (ctx.train, ctx.validation, ctx.test) = _examples(self.options, ctx.seed)
         # statistics of the whole training split, before any knob: the same normalisation in every trial
         mean, std = images.channel_stats([r["pixels"] for r in ctx.train])
-        ctx.apply_knobs()  # train_fraction, input_resolution: settings
-        subsample_training(ctx)
+        subsample_training(ctx)  # data.train_fraction: this pipeline's own mechanism
         # the trivial predictors' scores depend on the labels only, not on any prediction: computed here,
-        # once, so the inference window measures serving the model (their seeded simulation costs ~1 CPU-s)
+        # once, so the serving windows measure serving the model (their seeded simulation costs ~1 CPU-s)
         train_labels = [r["label"] for r in ctx.train]
         ctx.extras["trivial"] = {part: metrics.trivial_scores(train_labels, [r["label"] for r in getattr(ctx, part)], ctx.seed)
                                  for part in ("validation", "test")}
-        resolution = ctx.setting("data.input_resolution")
+        resolution = ctx.setting("data.input_resolution")  # this pipeline's own mechanism: every split resized
         ctx.extras["tensors"] = {part: images.to_tensors(getattr(ctx, part), resolution, mean, std)
                                  for part in ("train", "validation", "test")}
         ctx.samples["data"] = len(examples)
-        ctx.detail("duplicates_dropped_before_split", dropped)
-        ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
-        ctx.detail("labels", ctx.extras["label_names"])
-        ctx.detail("image_shape", list(ctx.extras["tensors"]["train"][0].shape[1:]))
+        trial.detail("duplicates_dropped_before_split", dropped)
+        trial.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
+        trial.detail("labels", ctx.extras["label_names"])
+        trial.detail("image_shape", list(ctx.extras["tensors"]["train"][0].shape[1:]))
 
-    def model(self, ctx) -> None:
-        ctx.model = SmallResNet(dataset_channels(self.options["dataset"]), len(ctx.extras["label_names"]),
-                                self.options["widths"], self.options["blocks"])
-        ctx.apply_knobs()  # pruning settings: they act after dense training (pruning needs trained weights)
-        ctx.detail("parameters", sum(p.numel() for p in ctx.model.parameters()))
+    def model(self, trial) -> None:
+        ctx = trial.ctx
+        # handed over: the shared knobs watch it (threads, batch sizes) and act on its forward (precision);
+        # the pruning settings act after dense training (pruning needs trained weights)
+        ctx.model = trial.model(SmallResNet(dataset_channels(self.options["dataset"]), len(ctx.extras["label_names"]),
+                                            self.options["widths"], self.options["blocks"]))
+        trial.detail("parameters", sum(p.numel() for p in ctx.model.parameters()))
 
-    def system(self, ctx) -> None:
-        ctx.apply_knobs()  # threads, batch size
+    def system(self, trial) -> None:
+        ctx = trial.ctx
         ctx.model.to(ctx.runtime.device)
-        ctx.detail("device", ctx.runtime.device)
-        ctx.detail("threads", torch.get_num_threads())
+        trial.detail("device", ctx.runtime.device)
+        trial.detail("threads", torch.get_num_threads())
 
     def _calibration(self, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = ctx.extras["tensors"]["train"]
@@ -167,31 +185,33 @@ class ImageClassificationPipeline(Pipeline):
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(ctx.seed))[:n]
         return x[idx], y[idx]
 
-    def training(self, ctx) -> None:
-        ctx.apply_knobs()  # epochs, learning rate, precision, fine-tune epochs
+    def training(self, trial) -> None:
+        ctx = trial.ctx
         x, y = ctx.extras["tensors"]["train"]
         val_x, val_y = ctx.extras["tensors"]["validation"]
 
         def validate(model: torch.nn.Module) -> float:  # for the search's check on hopeless trials
             return metrics.macro_f1(val_y.tolist(), predict(model, val_x, 256, ctx.runtime.device))
 
-        trial.train_prune_finetune(ctx, x, y, self._calibration(ctx), self.options["finetune_lr_scale"], validate)
+        vision.train_prune_finetune(trial, x, y, self._calibration(ctx), self.options["finetune_lr_scale"], validate)
 
-    def inference(self, ctx) -> None:
-        """Serve one fixed workload -- every validation and test image. Validation steers the search;
-        test is reported, never searched on."""
-        ctx.apply_knobs()  # batch size, static int8
-        served = trial.inference_model(ctx, ctx.model, self._calibration(ctx)[0])
-        ctx.model = served
-        splits = {part: ctx.extras["tensors"][part][0] for part in ("validation", "test")}
-        predictions = trial.serve(ctx, served, splits)
-        ctx.quality = {}
-        for part in ("validation", "test"):
-            truth = [r["label"] for r in getattr(ctx, part)]
-            ctx.quality[part] = {"macro_f1": metrics.macro_f1(truth, predictions[part]),
-                                 "accuracy": metrics.accuracy(truth, predictions[part]), **ctx.extras["trivial"][part]}
-        fwd = ctx.observed.get("served_forward", {})
-        ctx.detail("served", {k: fwd.get(k) for k in ("parameters", "flops_per_image", "macs_per_image", "input_shape",
-                                                      "blocks", "quantized_convs_ran")})
-        ctx.samples["inference"] = len(ctx.validation) + len(ctx.test)
-        ctx.detail("workload", f"validation ({len(ctx.validation)}) + test ({len(ctx.test)}) predictions")
+    def serve(self, trial, split: str) -> None:
+        """Predict one split: validation steers the search (the inference phase, which also builds
+        the static int8 model, so its calibration counts as inference); test is held out (scored in
+        its own window with the model the inference phase served, never searched on)."""
+        ctx = trial.ctx
+        if split == "validation" or "served" not in ctx.extras:  # each repeat of the phase builds it again
+            ctx.extras["served"] = vision.inference_model(trial, ctx.model, self._calibration(ctx)[0])
+        x = ctx.extras["tensors"][split][0]
+        predictions = vision.serve(trial, ctx.extras["served"], x, record=split == "validation")
+        truth = [r["label"] for r in getattr(ctx, split)]
+        if trial.smoke:  # a smoke run's loaders serve a few batches only
+            truth = truth[: len(predictions)]
+        trial.quality(split, macro_f1=metrics.macro_f1(truth, predictions), accuracy=metrics.accuracy(truth, predictions),
+                      **ctx.extras["trivial"][split])
+        if split == "validation":
+            fwd = ctx.observed.get("served_forward", {})
+            trial.detail("served", {k: fwd.get(k) for k in ("parameters", "flops_per_image", "macs_per_image", "input_shape",
+                                                          "blocks", "quantized_convs_ran")})
+        ctx.samples["inference" if split == "validation" else "test"] = len(x)
+        trial.detail("workload", f"{split} ({len(x)}) predictions")

@@ -1,11 +1,13 @@
 """The image-classification pipeline and its mechanisms: structural channel pruning (smaller tensors,
 the expected parameter count, outputs unchanged when the pruned channels were zero), residual-block
 removal (shapes consistent), FLOPs counted on the forward pass, static int8, an image folder, the
-shared knobs' evidence on this pipeline, and a quick search of experiments/digits-cnn.yaml end to end."""
+shared knobs acting on the objects this pipeline hands to its trial, every knob failing with its
+mechanism switched off, and a quick search of experiments/digits-cnn.yaml end to end."""
 
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from torch import nn
 
 from greenknobs.ml.vision import count, prune, quant
 from greenknobs.ml.vision.resnet import SmallResNet, blocks, inner_widths, removable_count
+from pipelines.image_classification import ImageClassificationPipeline as P
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"max_examples": 300, "widths": [4, 8, 8, 8], "blocks": [2, 2, 1, 1], "calibration_samples": 32}
@@ -220,7 +223,6 @@ def test_static_int8_quantises_the_convolutions_and_agrees_with_fp32():
 # -- the pipeline -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline():
-    from pipelines.image_classification import ImageClassificationPipeline as P
 
     return P(P.validate_options(dict(TINY)))
 
@@ -248,6 +250,13 @@ def test_hybrid_trial_logs_parameters_and_flops_before_and_after(pipeline, cpu_r
     assert {"dense", "pruning", "finetune"} <= set(steps) and steps["pruning"]["provenance"] == "modelled"
     assert set(result.quality) == {"validation", "test"}
     assert {"macro_f1", "accuracy", "trivial_macro_f1"} <= set(result.quality["test"])
+    # test is served in the held-out window (outside the objective), by the int8 model validation was served by
+    assert "test" not in result.phases and result.held_out is not None and result.held_out.energy_j > 0
+    assert result.samples["inference"] == len(ctx.validation) and result.samples["test"] == len(ctx.test)
+    assert set(v["system.threads"]) >= {"threads_in_training", "threads_in_inference", "threads_in_test"}
+    assert v["inference.batch_size"]["largest"] == 32 and v["inference.batch_size"]["batches"] > 2
+    # fine-tuning's peak rate: the dense optimizer's (as training.learning_rate set it) x finetune_lr_scale
+    assert ctx.observed.get("finetune")["lr_first"] == pytest.approx(1e-3 * 0.1)
 
 
 def test_structural_limits_are_refused_before_the_trial(pipeline, cpu_runtime):
@@ -257,26 +266,83 @@ def test_structural_limits_are_refused_before_the_trial(pipeline, cpu_runtime):
         run(pipeline, {"model.blocks_removed": 4}, cpu_runtime)  # blocks [2, 2, 1, 1]: 3 removable
     with pytest.raises(IncompatibleKnobs, match="needs"):  # inert: nothing pruned, nothing to fine-tune
         run(pipeline, {"training.finetune_epochs": 1}, cpu_runtime)
-    from pipelines.image_classification import ImageClassificationPipeline as P
 
     two_stages = P(P.validate_options({**TINY, "widths": [4, 8], "blocks": [1, 1]}))
     with pytest.raises(IncompatibleKnobs, match="2 stages"):
         run(two_stages, {"model.channel_prune_stage3": 0.5}, cpu_runtime)
 
 
+# system.threads: verified on this pipeline in every trial here (its evidence: the hybrid trial's test)
 @pytest.mark.parametrize("name", ["data.train_fraction", "system.train_batch_size", "training.epochs",
                                   "training.learning_rate", "training.precision", "inference.batch_size"])
 def test_shared_knobs_keep_their_contract_on_this_pipeline(name, pipeline, cpu_runtime):
-    """Knobs the text pipelines also use read the evidence this pipeline's own loop records."""
+    """Knobs the text pipelines also use act on the objects this pipeline hands to the trial (its
+    model, DataLoaders, dense optimizer and epoch loop) and read their own hooks' evidence."""
     from greenknobs.testing import knob_contract as C
 
     C.check_knob(name, pipeline, cpu_runtime, run=lambda p, o, rt: run(p, o, rt))
 
 
+@pytest.mark.parametrize("name", P.knobs)
+def test_every_knob_fails_verification_with_its_mechanism_off(name, pipeline, cpu_runtime, monkeypatch):
+    """The knob's mechanism switched off (``acting = False``: an object knob may not act, a setting
+    knob's value reads as its default in this pipeline's code) while the trial's value is the
+    contract's example: its verification must fail -- its evidence comes from the computation."""
+    from greenknobs.errors import KnobError
+    from greenknobs.knobs import REGISTRY
+    from greenknobs.testing.knob_contract import example_of
+
+    value, companions = example_of(name)
+    monkeypatch.setattr(REGISTRY[name], "acting", False)
+    with pytest.raises(KnobError, match=re.escape(f"{name} did not take effect")):
+        run(pipeline, {**companions, name: value}, cpu_runtime)
+
+
+def test_trials_are_deterministic(pipeline, cpu_runtime):
+    """Seeded shuffling (the loaders' batch samplers), seeded calibration images: the same knob values
+    give the same model and the same scores."""
+    knobs = {"model.blocks_removed": 1, "training.finetune_epochs": 1, "system.train_batch_size": 32}
+    (a, ctx_a), (b, ctx_b) = (run(pipeline, knobs, cpu_runtime) for _ in range(2))
+    assert a.quality == b.quality
+    assert ctx_a.observed.get("pruning") == ctx_b.observed.get("pruning")
+    assert a.phases["training"].details["final_loss"] == b.phases["training"].details["final_loss"]
+
+
+def test_the_trained_model_is_stored_and_served_again(pipeline, cpu_runtime, tmp_path):
+    """Phase-output reuse: the state after training (the pruned model, the loaders and optimizer handed
+    over, the evidence) is stored, and a trial that differs only in serving continues from it and
+    scores what a trial that trains afresh scores."""
+    from greenknobs.knobs import get_knob
+    from greenknobs.meters.cpu_model import CpuModelMeter
+    from greenknobs.phase_store import PhaseStore
+    from greenknobs.pipeline import execute_trial
+    from greenknobs.testing import fixtures as F
+
+    store = PhaseStore(tmp_path / "reuse")
+
+    def stored(overrides):
+        values = {n: get_knob(n).default for n in pipeline.knobs}
+        values.update({**{k: v for k, v in F.TINY_BASELINE.items() if k in values}, **TINY_KNOBS, **overrides})
+        meter = CpuModelMeter()
+        try:
+            return execute_trial(pipeline, [(get_knob(n), v) for n, v in values.items()], meter, cpu_runtime, 0,
+                                 store=store)[0]
+        finally:
+            meter.close()
+
+    knobs = {"model.blocks_removed": 1, "training.finetune_epochs": 1}
+    built = stored(knobs)
+    assert built.reuse["published"] == {"data": True, "model": True, "training": True}
+    served = {**knobs, "inference.batch_size": 8, "inference.static_int8": True}
+    reused = stored(served)
+    assert reused.reuse["status"] == "reused" and reused.reuse["boundary"] == "training"
+    assert reused.verifications["inference.batch_size"]["largest"] == 8
+    assert reused.quality == run(pipeline, served, cpu_runtime)[0].quality
+
+
 def test_baseline_values_change_nothing_here(cpu_runtime):
     from greenknobs.knobs import REGISTRY
     from greenknobs.testing import knob_contract as C
-    from pipelines.image_classification import ImageClassificationPipeline as P
 
     # a trial starts at torch's default thread count (one per core): on a busy 2-core box tiny
     # convolutions crawl on two threads, so this one runs on 100 images at 8 x 8
@@ -287,8 +353,9 @@ def test_baseline_values_change_nothing_here(cpu_runtime):
 
 
 def test_the_search_can_check_progress_during_training(pipeline, cpu_runtime):
-    """``ctx.progress_check`` (the search's stop for hopeless trials) is called as training passes
-    fractions of its planned steps -- dense and fine-tuning together -- with a validation scorer."""
+    """``trial.check_progress`` (the search's stop for hopeless trials) is called as training passes
+    fractions of its planned steps -- dense and fine-tuning together -- with a validation scorer
+    whose cost is charged neither to the training phase nor to a step of its breakdown."""
     from greenknobs.knobs import get_knob
     from greenknobs.meters.cpu_model import CpuModelMeter
     from greenknobs.pipeline import execute_trial
@@ -300,13 +367,21 @@ def test_the_search_can_check_progress_during_training(pipeline, cpu_runtime):
     values.update({**TINY_KNOBS, "model.blocks_removed": 1, "training.finetune_epochs": 1})
     meter = CpuModelMeter()
     try:
-        execute_trial(pipeline, [(get_knob(n), v) for n, v in values.items()], meter, cpu_runtime, 0,
-                      progress_check=lambda fraction, validate: seen.append((fraction, validate())))
+        result, _ = execute_trial(pipeline, [(get_knob(n), v) for n, v in values.items()], meter, cpu_runtime, 0,
+                                  progress_check=lambda fraction, validate: seen.append((fraction, validate())))
     finally:
         meter.close()
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 2
     assert all(0.0 <= q <= 1.0 for _, q in seen)
+    training = result.phases["training"]
+    excluded = training.details["excluded"]
+    assert len(excluded) == len(seen) and all(e["why"] == "progress check" for e in excluded)
+    assert training.energy_j == pytest.approx(training.details["spent_j"] - sum(e["energy_j"] for e in excluded))
+    # the steps leave the scoring out too (measured inside the trial's own window for it, so a few mJ
+    # of window overhead per check stay in); left in, they would exceed the phase by the whole scoring
+    steps = training.details["energy_breakdown"]
+    assert sum(steps[k]["energy_j"] for k in ("dense", "pruning", "finetune")) <= training.energy_j * 1.1
 
 
 def test_image_folder(tmp_path, cpu_runtime):
@@ -315,7 +390,6 @@ def test_image_folder(tmp_path, cpu_runtime):
     from PIL import Image
 
     from greenknobs.errors import ConfigError
-    from pipelines.image_classification import ImageClassificationPipeline as P
 
     rng = np.random.default_rng(0)
     for c, name in enumerate(["circle", "square", "stripe"]):
