@@ -75,6 +75,9 @@ class TrialContext:
     # knob name -> the typed evidence record the knob's own hooks filled (greenknobs.trial)
     evidence: dict[str, Any] = field(default_factory=dict)
     trial: Any = None  # the define-by-run Trial driving this context (not stored with phase outputs)
+    # kinds of object handed over, and "asked:<knob>" for knobs the code read: stored with phase
+    # outputs, so a trial resumed from them knows its knobs had their objects
+    handed_kinds: set[str] = field(default_factory=set)
     # -- runner bookkeeping ----------------------------------------------------------------------
     phase: str | None = None
     apply_hook: Callable[[], None] | None = None
@@ -101,7 +104,8 @@ class TrialContext:
 
     def detail(self, key: str, value: Any) -> None:
         """Attach a fact to the current phase's result (e.g. parameter count after pruning)."""
-        self.phase_details.setdefault(self.phase or "trial", {})[key] = value
+        phase = self.phase or (self.trial.current_phase if self.trial is not None else None)
+        self.phase_details.setdefault(phase or "trial", {})[key] = value
 
     def snapshot(self) -> dict[str, Any]:
         """Field values (shallow; settings copied), so a repeated phase can start from the same state."""

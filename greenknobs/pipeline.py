@@ -96,6 +96,7 @@ class Pipeline(ABC):
     def run(self, trial: Trial) -> Any:
         """Run one trial. The default adapts the five phase methods: each runs as one phase of the
         trial (reusable at the store's boundaries), with ``ctx.apply_knobs()`` acting at its point."""
+        trial._adapter = True
         for phase in PHASES:
             method = getattr(self, phase, None)
             if method is None:
@@ -154,11 +155,9 @@ def _apply_context_knobs(trial: Trial, phase: str) -> None:
     """``ctx.apply_knobs()`` of a five-phase pipeline: its model is handed over in the model phase
     (the model knobs act on it, as on any handed-over model), then knobs with a context hook act."""
     ctx = trial.ctx
-    if phase == "model" and ctx.model is not None:
+    if phase == "model" and hasattr(ctx.model, "register_forward_pre_hook"):  # a torch model to hand over
         ctx.model = trial.model(ctx.model, calibration=ctx.train or None, pad_id=ctx.pad_id)
-    for knob, value in trial.knob_values(phase):
-        if knob.acting:
-            knob.apply(ctx, value)
+    trial.apply_context_knobs(phase)
 
 
 # -- pipelines written as one function (define-by-run) ---------------------------------------------------

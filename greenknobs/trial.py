@@ -44,6 +44,7 @@ from greenknobs.errors import KnobError, KnobNotApplied, TrialUsageError
 from greenknobs.knobs.base import PHASE_ORDER, REGISTRY, Knob
 from greenknobs.meters.noise import measure_phase, min_window_s
 from greenknobs.phases import PHASES, SPLITS, Measurement, PhaseResult
+from greenknobs.runtime import process_state
 
 HELD_OUT = "test"  # the held-out window: scored and measured, never part of the objective
 _MISSING: Any = object()
@@ -58,6 +59,7 @@ class _Window:
     excluded: list[Measurement] = field(default_factory=list)  # nested windows not charged to the phase
     first_forward: dict[bool, bool] = field(default_factory=dict)  # training?/eval? -> seen
     scoped: bool = False  # opened by a with-block (it must close it); else by start_phase / an integration
+    process_state: dict[str, Any] = field(default_factory=dict)
 
 
 class Trial:
@@ -118,6 +120,7 @@ class Trial:
         ``default`` (or, for a catalog knob, the catalog's default); neither is an error."""
         if name in self._values:
             self._asked.add(name)
+            self.ctx.handed_kinds.add(f"asked:{name}")
             return self.ctx.settings[name]
         if default is not _MISSING:
             return default
@@ -131,7 +134,7 @@ class Trial:
 
     def asked(self, name: str) -> bool:
         """Whether the code read knob ``name`` (its mechanism then lives in the code)."""
-        return name in self._asked
+        return name in self._asked or f"asked:{name}" in self.ctx.handed_kinds
 
     # -- phases ----------------------------------------------------------------------------------------
     @property
@@ -195,10 +198,10 @@ class Trial:
                 self._record(name, PhaseResult(name, m, {"aborted": True}), aborted=True)
                 self._open = None
         if failed is None:
-            details: dict[str, Any] = {"min_window_s": min_window_s(self.meter)}
-            if m.time_s < details["min_window_s"]:
-                details["below_resolution"] = True
-            self._close(name, m, details)
+            facts: dict[str, Any] = {"min_window_s": min_window_s(self.meter)}
+            if m.time_s < facts["min_window_s"]:
+                facts["below_resolution"] = True
+            self._close(name, m, facts)
 
     def run_phase(self, name: str, fn: Callable[..., Any], *args: Any, repeatable: bool = False, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as phase ``name`` and return what it returns. When the search
@@ -241,7 +244,7 @@ class Trial:
         if name in self._ran:
             raise TrialUsageError(f"phase {name!r} opened twice in one trial: each phase is one window")
         self._check_needs(start=name)
-        self._open = _Window(name)
+        self._open = _Window(name, process_state=process_state())  # as the phase starts, before its knobs act
         self._ran.append(name)
         for knob, value in self._ordered():
             knob.phase_started(name, value, self)
@@ -253,15 +256,16 @@ class Trial:
             knob.phase_ended(name, value, self)
         self._emit("phase_end", name)
 
-    def _close(self, name: str, m: Measurement, details: dict[str, Any]) -> None:
+    def _close(self, name: str, m: Measurement, facts: dict[str, Any]) -> None:
         window = self._open
         assert window is not None
         self._open = None
+        details: dict[str, Any] = {"measurement": facts, "process_state_at_start": window.process_state}
         if window.excluded:  # nested windows charged elsewhere (the search's progress check)
             spent = m.energy_j
             m = m.without(window.excluded)
-            details = {**details, "excluded": [{"energy_j": e.energy_j, "time_s": e.time_s, "why": "progress check"}
-                                               for e in window.excluded], "spent_j": spent}
+            details.update(excluded=[{"energy_j": e.energy_j, "time_s": e.time_s, "why": "progress check"}
+                                     for e in window.excluded], spent_j=spent)
         details = {**self.ctx.phase_details.get(name, {}), **details}
         self._record(name, PhaseResult(name, m, details))
         self._check_needs(end=name)
@@ -401,6 +405,7 @@ class Trial:
 
     def _hand_over(self, kind: str, obj: Any) -> Any:
         self._handed[kind] = obj
+        self.ctx.handed_kinds.add(kind)
         for knob, value in self._ordered():
             if kind in knob.acts_on or kind in knob.watches:
                 out = knob.handed(kind, obj, value, self)
@@ -521,7 +526,9 @@ class Trial:
 
     def _has(self, kind: str, knob: Knob) -> bool:
         """Whether the code gave ``knob`` its ``kind`` of object ("asked": the code read the value)."""
-        return kind in self._handed or (kind == "asked" and knob.name in self._asked)
+        if kind == "asked":
+            return knob.name in self._asked or f"asked:{knob.name}" in self.ctx.handed_kinds
+        return kind in self._handed or kind in self.ctx.handed_kinds
 
     # -- quality, trivial scores, progress --------------------------------------------------------------
     def quality(self, split: str, **metrics: float) -> None:

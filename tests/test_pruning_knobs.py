@@ -45,6 +45,8 @@ class TinyLMPipeline(Pipeline):
 
     def training(self, ctx):
         ctx.apply_knobs()
+        ctx.model.train()  # one training forward: where the knobs' hooks see which blocks ran
+        ctx.model(input_ids=torch.tensor([ctx.train[0]["input_ids"]]))
         ctx.trained_model = ctx.model
 
     def inference(self, ctx):
@@ -70,7 +72,7 @@ def test_settings_knobs_apply_before_layers_removed_and_verify():
                      "model.calibration_samples": 12, "model.healing_steps": 3,
                      "model.healing_entropy_weight": True})
     v = result.verifications
-    assert v["model.layers_removed"]["layers_after"] == 4
+    assert v["model.layers_removed"]["blocks_ran"]["training"] == 4
     report = v["model.layers_removed"]["pruning"]
     assert report["method"] == "block_influence" and report["iterative"] and len(report["rounds"]) == 2
     assert len(report["alphas"]) == 2 and report["calibration_samples"] == 12

@@ -44,7 +44,7 @@ def test_search_baseline_front_and_mlflow(exp_path):
     result = t0.user_attrs["result"]
     assert set(result["phases"]) == {"data", "model", "system", "training", "inference"}
     assert all(p["energy_j"] >= 0 and p["provenance"] == "modelled" for p in result["phases"].values())
-    assert result["verifications"]["model.layers_removed"]["layers_after"] == 2
+    assert result["verifications"]["model.layers_removed"]["blocks_ran"]["training"] == 2
     # constraints were recorded through trial.set_constraint
     assert set(t0.constraints) == {"quality_retained"} and t0.constraints["quality_retained"] <= 0
     # the front is Optuna's own

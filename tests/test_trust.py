@@ -48,8 +48,9 @@ def run_search(path, trials=None):
 class ShuffledTestLabels(TextClassificationPipeline):
     """The built-in classifier with the *test* labels scrambled after the split."""
 
-    def data(self, ctx):
-        super().data(ctx)
+    def data(self, trial):
+        super().data(trial)
+        ctx = trial.ctx
         labels = [r["label"] for r in ctx.test]
         random.Random(7).shuffle(labels)
         for r, y in zip(ctx.test, labels):
@@ -59,10 +60,10 @@ class ShuffledTestLabels(TextClassificationPipeline):
 class FailsOffBaseline(TextClassificationPipeline):
     """Raises an unexpected error (not a KnobError) in training whenever inputs are cut below 32 tokens."""
 
-    def training(self, ctx):
-        if ctx.setting("data.max_seq_len") < 32:
+    def training(self, trial):
+        if trial.knob("data.max_seq_len") < 32:
             raise ValueError("a bug in the training step")
-        super().training(ctx)
+        super().training(trial)
 
 
 class OneJoulePerPhase(EnergyMeter):

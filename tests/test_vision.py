@@ -254,7 +254,7 @@ def test_hybrid_trial_logs_parameters_and_flops_before_and_after(pipeline, cpu_r
     assert "test" not in result.phases and result.held_out is not None and result.held_out.energy_j > 0
     assert result.samples["inference"] == len(ctx.validation) and result.samples["test"] == len(ctx.test)
     assert set(v["system.threads"]) >= {"threads_in_training", "threads_in_inference", "threads_in_test"}
-    assert v["inference.batch_size"]["largest"] == 32 and v["inference.batch_size"]["batches"] > 2
+    assert v["inference.batch_size"]["largest"] == 32 and v["inference.batch_size"]["batches"] >= 2  # validation only
     # fine-tuning's peak rate: the dense optimizer's (as training.learning_rate set it) x finetune_lr_scale
     assert ctx.observed.get("finetune")["lr_first"] == pytest.approx(1e-3 * 0.1)
 

@@ -56,7 +56,7 @@ class LayersRemoved(ObjectKnob):
             ev.blocks_before = layers.layer_count(model)
             ev.params_before = instruments.parameter_count(model)
             if value >= ev.blocks_before:
-                raise KnobError(f"{self.name}={value} would remove all {ev.blocks_before} blocks")
+                raise KnobError(f"{self.name}={value} would remove all {ev.blocks_before} layers")
         if trial.may_act(self, kind, model) and value:
             report = prune_in_trial(model, value, prune_options(trial), rows=trial.ctx.extras.get("calibration"),
                                     pad_id=trial.ctx.pad_id, seed=trial.seed, meter=trial.meter)

@@ -77,7 +77,9 @@ class _ThreadKnob(ObjectKnob):
         raise TypeError(f"{type(self).__name__} must say which pool it sets")
 
     def phase_started(self, phase, value, trial):
-        if trial.may_act(self, "process"):
+        # from the system phase on (or the first phase that computes with the model): the data and
+        # model phases run at the process default in every trial, so they compare across trials
+        if phase in ("system", "training", "inference", "test") and trial.may_act(self, "process"):
             self.set(value)
 
     def handed(self, kind, obj, value, trial):
@@ -105,7 +107,7 @@ class Threads(_ThreadKnob):
     space = Space(choices=tuple(sorted({1, 2, 4, 8, default})))
     bounds = (1, None)
     example = 1 if default != 1 else 2
-    description = "Intra-op CPU threads for training and inference (torch.set_num_threads), set as the first phase starts."
+    description = "Intra-op CPU threads for training and inference (torch.set_num_threads), set as the system phase starts."
     verifies = "torch.get_num_threads() read inside the first training and the first serving forward pass"
     pool = "intra_op"
 

@@ -199,7 +199,10 @@ def _register(cls: type) -> type:
 
 
 def _watched_iter(self):
-    watch: _LoaderWatch = self.__dict__["_greenknobs_watch"]
+    watch: _LoaderWatch | None = self.__dict__.get("_greenknobs_watch")
+    if watch is None:  # unpickled from the phase store: watched no more until handed over again
+        yield from type(self).__mro__[1].__iter__(self)
+        return
     n = 0
     for batch in type(self).__mro__[1].__iter__(self):
         n += 1
@@ -322,10 +325,14 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwar
 
 @contextlib.contextmanager
 def hooks_removed(objects: list[Any]) -> Iterator[None]:
-    """Every nn.Module inside ``objects`` without forward hooks while the block runs (they hold
-    closures over the live trial, which neither pickle nor belong in a stored model)."""
+    """Every nn.Module inside ``objects`` without forward hooks, and every watched DataLoader without
+    its watch, while the block runs (they hold closures over the live trial, which neither pickle
+    nor belong in a stored output)."""
     saved = []
-    for obj in objects:
+    for obj in _walk(objects):
+        if isinstance(obj, torch.utils.data.DataLoader) and "_greenknobs_watch" in obj.__dict__:
+            saved.append((obj, "_greenknobs_watch", obj.__dict__.pop("_greenknobs_watch")))
+            continue
         if isinstance(obj, nn.Module):
             for m in obj.modules():
                 for attr in _HOOK_DICTS:
@@ -338,6 +345,16 @@ def hooks_removed(objects: list[Any]) -> Iterator[None]:
     finally:
         for m, attr, hooks in saved:
             m.__dict__[attr] = hooks
+
+
+def _walk(objects: list[Any], depth: int = 3) -> Iterator[Any]:
+    """The objects and what plain containers (tuples, lists, dicts) inside them hold."""
+    for obj in objects:
+        yield obj
+        if depth and isinstance(obj, (tuple, list)):
+            yield from _walk(list(obj), depth - 1)
+        elif depth and isinstance(obj, dict):
+            yield from _walk(list(obj.values()), depth - 1)
 
 
 # -- mechanisms that hold only while a phase runs (undone when it ends) -----------------------------------
