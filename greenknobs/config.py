@@ -24,7 +24,7 @@ from greenknobs.meters import METERS
 from greenknobs.meters.composite import GPU_METERS
 from greenknobs.meters.cpu_model import DEFAULT_PARAMS as CPU_MODEL_PARAMS
 from greenknobs.phases import PHASES
-from greenknobs.pipeline import FUNCTION, FunctionPipeline, pipeline_class
+from greenknobs.pipeline import FUNCTION, FunctionPipeline, Pipeline, pipeline_class
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
@@ -354,7 +354,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         sys.path.insert(0, folder)
     if "function" in pipe or "script" in pipe:  # your own code: a function of a trial, or a script
         pipe_name = FUNCTION
-        pipeline_cls = FunctionPipeline
+        pipeline_cls: type[Pipeline] = FunctionPipeline
         options = FunctionPipeline.validate_options({**{k: v for k, v in pipe.items()}, **({"folder": folder} if folder else {})})
     else:
         if "name" not in pipe:

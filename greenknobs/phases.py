@@ -108,6 +108,8 @@ class TrialResult:
     held_out: PhaseResult | None = None
     # what frameworks wrote in the trial's folder (checkpoints): {"dir", "files", "bytes", "kept"}
     artifacts: dict[str, Any] = field(default_factory=dict)
+    # the data files and model folders the trial read -> content digest (greenknobs.fingerprint)
+    inputs: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def energy_j(self) -> float:
@@ -175,6 +177,7 @@ class TrialResult:
             "held_out": None if self.held_out is None else {**asdict(self.held_out.measurement),
                                                              "details": self.held_out.details},
             "artifacts": self.artifacts,
+            "inputs": self.inputs,
             "quality": self.quality,
             "samples": self.samples,
             "verifications": self.verifications,

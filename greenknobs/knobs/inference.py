@@ -202,7 +202,8 @@ class InferenceSeqLen(SettingKnob):
 @register
 class EarlyExit(SettingKnob):
     name = "inference.early_exit"
-    requires = Requires(('training.exit_head_depth',), lambda v: v["training.exit_head_depth"] > 0, 'training.exit_head_depth > 0 (the exit head is trained in the training phase)', True)
+    requires = Requires(("training.exit_head_depth",), lambda v: v["training.exit_head_depth"] > 0,
+                        "training.exit_head_depth > 0 (the exit head is trained in the training phase)", True)
     default = "off"
     space = Space(choices=("off", 0.99, 0.95, 0.9, 0.8))
     value_type = (str, float)

@@ -90,7 +90,8 @@ class PruningMethod(PruningSetting):
 @register
 class PruningIterative(PruningSetting):
     name = "model.pruning_iterative"
-    requires = Requires(('model.layers_removed',), lambda v: v["model.layers_removed"] > 1, 'model.layers_removed > 1 (one block is removed in one round either way)')
+    requires = Requires(("model.layers_removed",), lambda v: v["model.layers_removed"] > 1,
+                        "model.layers_removed > 1 (one block is removed in one round either way)")
     default = False
     space = Space(choices=(False, True))
     example = True

@@ -44,10 +44,10 @@ def batch_rows(args: tuple, kwargs: dict) -> int | None:
 
 def sequence_tokens(args: tuple, kwargs: dict) -> int | None:
     """The longest real (unpadded) sequence in a token batch, in tokens; None for non-token inputs."""
-    mask = kwargs.get("attention_mask")
+    mask: Any = kwargs.get("attention_mask")
     if torch.is_tensor(mask) and mask.dim() == 2:
         return int(mask.sum(1).max()) if mask.numel() else 0
-    ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) and not args[0].is_floating_point() else None)
+    ids: Any = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) and not args[0].is_floating_point() else None)
     if torch.is_tensor(ids) and ids.dim() == 2 and not ids.is_floating_point():
         return int(ids.shape[1])
     return None
@@ -55,7 +55,7 @@ def sequence_tokens(args: tuple, kwargs: dict) -> int | None:
 
 def output_dtype(output: Any) -> str | None:
     """The dtype of what a forward pass returned: HF ``logits``, else the first floating tensor."""
-    logits = getattr(output, "logits", None)
+    logits: Any = getattr(output, "logits", None)
     if torch.is_tensor(logits):
         return str(logits.dtype)
     items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else (output,)
@@ -362,11 +362,11 @@ def _override_forward(model: nn.Module, forward: Callable[..., Any]) -> Callable
     """Replace ``model.forward`` on the instance (hooks still run around it); return the undo."""
     had = "forward" in model.__dict__
     previous = model.__dict__.get("forward")
-    model.forward = forward  # type: ignore[method-assign]
+    model.forward = forward
 
     def restore() -> None:
         if had:
-            model.forward = previous  # type: ignore[method-assign]
+            model.forward = previous
         else:
             model.__dict__.pop("forward", None)
 

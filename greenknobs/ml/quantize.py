@@ -23,7 +23,7 @@ def quantize_dynamic_int8_(model: nn.Module) -> nn.Module:
     if "forward" in model.__dict__ and hasattr(model, "_original_forward"):
         # accelerate's mixed precision left an autocast around the forward (a Trainer trained in
         # bf16): int8 kernels take fp32 activations, so serving runs the model's own forward
-        model.forward = model._original_forward  # type: ignore[method-assign]
+        model.forward = model._original_forward
         del model._original_forward
     with warnings.catch_warnings():  # torch.ao's own deprecation notice, once per quantised layer
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)

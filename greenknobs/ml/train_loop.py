@@ -71,7 +71,8 @@ class StepCounter:
     """Optimizer steps and the optimizer's class, read when it steps (a step pre-hook)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
-        self.steps, self.cls = 0, None
+        self.steps = 0
+        self.cls: str | None = None
         self._handle = optimizer.register_step_pre_hook(self._on_step)
 
     def _on_step(self, opt, args, kwargs) -> None:

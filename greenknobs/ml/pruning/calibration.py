@@ -8,7 +8,7 @@ no full activation tensor is kept.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,7 @@ class Calibration:
         return int(sum(mask.sum() for _, mask in self.batches))
 
 
-def build_calibration(rows: Sequence[dict[str, Any]], pad_id: int, n_samples: int, max_len: int = 128,
+def build_calibration(rows: Sequence[Mapping[str, Any]], pad_id: int, n_samples: int, max_len: int = 128,
                       batch_size: int = 8, seed: int = 0, label_key: str = "label") -> Calibration:
     """A seeded sample of ``n_samples`` rows (dicts with ``input_ids``), truncated and padded."""
     if not rows:
