@@ -110,6 +110,8 @@ class TrialResult:
     artifacts: dict[str, Any] = field(default_factory=dict)
     # the data files and model folders the trial read -> content digest (greenknobs.fingerprint)
     inputs: dict[str, str | None] = field(default_factory=dict)
+    # the search's safeguards this code lets act (trivial guard, hopeless stop, phase reuse), in words
+    safeguards: dict[str, str] = field(default_factory=dict)
 
     @property
     def energy_j(self) -> float:
@@ -178,6 +180,7 @@ class TrialResult:
                                                              "details": self.held_out.details},
             "artifacts": self.artifacts,
             "inputs": self.inputs,
+            "safeguards": self.safeguards,
             "quality": self.quality,
             "samples": self.samples,
             "verifications": self.verifications,

@@ -407,6 +407,7 @@ def execute_trial(
         held_out=trial.held_out_result,
         artifacts=artifacts,
         inputs=fingerprint.digests({*read, *pipeline.inputs()}),
+        safeguards=trial.safeguards(),
     ), ctx
 
 

@@ -559,10 +559,10 @@ class Trial:
     def check_progress(self, fraction: float, score: Callable[[], float]) -> None:
         """Partway through training: the search may stop a hopeless trial here (it raises). ``score()``
         returns validation quality now; it runs in a window of its own, not charged to the phase."""
+        self._progress_asked = True  # the code offers the check (the baseline, never checked, included)
         check = self.ctx.progress_check
         if check is None:
             return
-        self._progress_asked = True
 
         def measured() -> float:
             with self.meter.window(f"{self.current_phase}.progress_check") as w:
