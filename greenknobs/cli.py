@@ -83,9 +83,33 @@ def cmd_validate(args) -> int:
           f"{exp.objectives.quality_direction} {exp.objectives.quality_metric}")
     if data.get("rows"):
         cap = exp.pipeline_options.get("max_examples")
+        near_dropped = f", {data['near_duplicates_dropped']} near-duplicates" if data.get("near_duplicates_dropped") else ""
         print(f"  data: {data['rows']} examples in {data['labels']} labels ({data.get('duplicates_dropped', 0)} exact "
-              f"duplicates dropped{f', capped by max_examples={cap}' if cap else ''}); the seeded stratified split works")
+              f"duplicates{near_dropped} dropped{f', capped by max_examples={cap}' if cap else ''}); the seeded "
+              f"stratified split works")
+    for line in _data_warnings(data):
+        print(f"  {line}")
     return 0
+
+
+def _data_warnings(data: dict[str, Any]) -> list[str]:
+    """What ``validate`` says about the split: near-duplicates left across it (by split pair) and
+    duplicate texts whose labels disagree."""
+    from greenknobs.ml.data import describe_near_duplicates
+
+    lines = []
+    near = data.get("near_duplicates")
+    if near:
+        advice = ("; `pipeline.dedup: near` drops them before splitting" if near["pairs"] and data.get("dedup") != "near"
+                  else "")
+        lines.append(f"near-duplicates: {describe_near_duplicates(near)}{advice}")
+    conflicts = data.get("label_conflicts") or {}
+    if conflicts.get("texts"):
+        first = conflicts["first"][0]
+        lines.append(f"label conflicts: {conflicts['texts']} texts appear with different labels ({conflicts['rows']} rows); "
+                     f"the first copy's label is kept, e.g. {first['text'][:40]!r}: {first['labels']} -> kept "
+                     f"{first['kept_label']!r}")
+    return lines
 
 
 def cmd_search(args) -> int:

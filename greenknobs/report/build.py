@@ -35,6 +35,10 @@ class ReportInputs:
     experiment_command: str = ""
     overhead_j: dict[str, float] = field(default_factory=dict)  # warm-up runs: {"search": J, "isolation": J}
     fixed: dict[str, Any] = field(default_factory=dict)  # knobs the experiment fixed away from their defaults
+    # the corpus as split: {"source", "near_duplicates" (by split pair), "dedup" (dropped, label conflicts)}
+    data: dict[str, Any] = field(default_factory=dict)
+    # the deployment the payback is stated for: {"retrains_per_month", "predictions_per_month", "stated"}
+    deployment: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

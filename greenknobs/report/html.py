@@ -169,10 +169,31 @@ def _badges(r: Report) -> str:
                    for b in r.badges)
 
 
+def _data(r: Report) -> str:
+    """The corpus as split: duplicates dropped before the split, label conflicts, and near-duplicate
+    pairs left across the split, by split pair."""
+    d = r.inputs.data
+    near = d.get("near_duplicates")
+    if not near:
+        return f"<h3>Data</h3><p class='muted'>Near-duplicates across the split: {e(d.get('source', 'not recorded'))}.</p>"
+    dd = d.get("dedup") or {}
+    conflicts = (dd.get("label_conflicts") or {}).get("texts", 0)
+    dropped = (f"{fmt(dd.get('exact_dropped'))} exact duplicates" + (f" and {dd['near_dropped']} near-duplicates"
+               if dd.get("near_dropped") else "") + " dropped before the split"
+               + (f" (pipeline.dedup: {e(dd['mode'])})" if dd.get("mode") else ""))
+    rows = [[e(name), str(n), str(near.get("label_conflicts_by_split_pair", {}).get(name, 0))]
+            for name, n in near["by_split_pair"].items()]
+    return (f"<h3>Data</h3><p>{dropped}; {conflicts} texts appeared with different labels (the first copy's label "
+            f"kept). Near-duplicate pairs left in the seeded split ({e(near['method'])}): <b>{near['pairs']}</b>, "
+            f"<b>{near['across_splits']}</b> across splits, among {near['rows']} rows. Source: {e(d.get('source'))}.</p>"
+            + table(["split pair", "near-duplicate pairs", "with different labels"], rows))
+
+
 def _reproducibility(r: Report) -> str:
     rep = r.inputs.reproducibility
     rows = [[e(k), e(v)] for k, v in rep.items() if k != "experiment_file"]
-    return table(["", "value"], rows, left=2) + f"<h3>Experiment file</h3><pre>{e(rep.get('experiment_file', ''))}</pre>"
+    return (table(["", "value"], rows, left=2) + _data(r)
+            + f"<h3>Experiment file</h3><pre>{e(rep.get('experiment_file', ''))}</pre>")
 
 
 def render(r: Report) -> str:

@@ -36,6 +36,11 @@ def render(r: Report) -> str:
     for p in pb.per_recommendation:
         be = p["break_even_training_runs"]
         lines.append(f"- {p['kind']}: pays back after {_n(be)} training runs" if be else f"- {p['kind']}: never pays back")
+    near = inp.data.get("near_duplicates")
+    if near:
+        pairs = ", ".join(f"{name} {n}" for name, n in near["by_split_pair"].items())
+        lines += ["", f"Data: {near['pairs']} near-duplicate pairs (word 3-gram Jaccard >= {near['threshold']:g}) in the "
+                      f"seeded split, {near['across_splits']} across splits ({pairs}); {inp.data.get('source')}."]
     if r.cascade and r.effects:
         flagged = [c for c in r.cascade if c.quality_verdict not in ("as predicted", "no prediction")
                    or c.energy_verdict not in ("as predicted", "no prediction")]
