@@ -4,6 +4,7 @@ rows -- and leaves a figure empty (never 0) where the pipeline reports none."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pandas as pd
@@ -39,10 +40,9 @@ def row(trial, size):
 def test_pareto_csv_and_json_carry_the_size_and_leave_unreported_figures_empty(tmp_path):
     rows = [row(0, model_size(TEXT)), row(1, model_size(VISION)), row(2, {})]
     files = tables.write_front(rows, rows, tmp_path)
-    text = files["pareto_csv"].read_text().splitlines()
-    header = text[0].split(",")
-    assert {"parameters", "trainable_parameters", "flops_per_prediction"} <= set(header)
-    cells = [dict(zip(header, line.split(","))) for line in text[1:]]
+    with files["pareto_csv"].open(newline="") as fh:
+        cells = list(csv.DictReader(fh))  # the raw text: whole numbers, and empty cells
+    assert {"parameters", "trainable_parameters", "flops_per_prediction"} <= set(cells[0])
     assert cells[0]["parameters"] == "22713216" and cells[0]["flops_per_prediction"] == ""  # whole, and empty
     assert cells[1]["flops_per_prediction"] == "4200000" and cells[1]["trainable_parameters"] == ""
     assert cells[2]["parameters"] == "" and cells[2]["flops_per_prediction"] == ""  # reported none: not 0
