@@ -39,8 +39,10 @@ class ConsoleReporter:
                   f"search's cost)", flush=True)
             return
         spread = f" ±{m.spread_j / 2:.1f}" if m.repeats > 1 else ""
+        facts = result.details.get("measurement") or {}
+        contended = f"; {facts['contention']}" if facts.get("contention") else ""
         print(f"    {phase:<9} {m.energy_j:10.1f}{spread} J {m.provenance:<8} {m.time_s:7.1f} s   "
-              f"(trial so far {energy_so_far_j:.1f} J)", flush=True)
+              f"(trial so far {energy_so_far_j:.1f} J{contended})", flush=True)
 
     def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None,
                    stopped: bool = False) -> None:

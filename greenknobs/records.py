@@ -83,6 +83,7 @@ class TrialRow:
     # trainable_parameters, flops_per_prediction, and under "sources" the detail each was read from;
     # a key is absent when the pipeline reported nothing for it
     model_size: dict[str, Any] = field(default_factory=dict)
+    contended_phases: list[str] = field(default_factory=list)  # phases measured while others' load contended
 
     @property
     def complete(self) -> bool:

@@ -98,12 +98,17 @@ def _badges(inp: ReportInputs, report: Report) -> list[Badge]:
     rows = [r for r in inp.rows if r.complete]
     provs = {r.provenance for r in rows}
     below = [r.trial for r in rows if r.phases_below_resolution]
+    contended = [f"{r.trial} ({', '.join(r.contended_phases)})" for r in rows if r.contended_phases]
     badges = [
         Badge("energy measured by hardware counters", provs == {"measured"},
               f"every figure is {'/'.join(sorted(p for p in provs if p)) or 'absent'}, by {inp.meter.get('name')} "
               f"({inp.meter.get('why')})"),
         Badge("no phase window shorter than the meter resolves", not below,
               "all windows long enough" if not below else f"trials with a phase below resolution: {below[:10]}"),
+        Badge("no phase measured while other processes contended for the CPUs", not contended,
+              "no window was contended (others' load and steal on this process's CPUs, recorded beside every window)"
+              if not contended else f"{len(contended)} trial(s) with a phase measured under contention, its figure "
+              f"marked (repeatable phases were measured again): {', '.join(contended[:10])}"),
         Badge("idle baseline subtracted", inp.idle_power is not None,
               f"idle {inp.idle_power['watts']:.2f} W ({inp.idle_power['provenance']}, {inp.idle_power['meter']})"
               if inp.idle_power else "no idle baseline: figures are gross (set meter.idle_baseline_s)"),

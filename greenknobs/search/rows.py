@@ -69,6 +69,8 @@ def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow
         phase_provenance={name: p.get("provenance") for name, p in phases.items()},
         phases_below_resolution=[name for name, p in phases.items()
                                  if ((p.get("details") or {}).get("measurement") or {}).get("below_resolution")],
+        contended_phases=[name for name, p in phases.items()
+                          if ((p.get("details") or {}).get("measurement") or {}).get("contended")],
         model_size=model_size(phases),
         carbon_g=s.get("carbon_g", {}).get("total"),
         carbon_g_per_phase=s.get("carbon_g", {}),
