@@ -154,12 +154,12 @@ def _print_cost(pb) -> None:
     print(f"\nWhat the search cost: {pb.search_spent_j:,.0f} J over {pb.trials} trials ({pb.failed_trials} failed, "
           f"{pb.stopped_trials} stopped early, {pb.reused_trials} duplicates reused, {pb.phase_reused_trials} resumed "
           f"from stored phase outputs), plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
+    if pb.per_recommendation:
+        d = pb.deployment
+        print(f"  payback for {d['retrains_per_month']:g} retrainings and {d['predictions_per_month']:,.0f} predictions "
+              f"a month ({d['stated']}); a saving inside the noise floor counts as none ({pb.noise['source']})")
     for p in pb.per_recommendation:
-        be = p["break_even_training_runs"]
-        per1k = p["saved_per_1k_predictions_j"]
-        print(f"  {p['kind']} (trial {p['trial']}): saves {p['saved_per_training_run_j']:,.0f} J per training run"
-              + (f" and {per1k:,.1f} J per 1,000 predictions" if per1k is not None else "")
-              + (f"; pays the search back after {be:,.1f} training runs" if be else "; never pays the search back"))
+        print(f"  {p['kind']} (trial {p['trial']}): {p['training_verdict']}, {p['prediction_verdict']}; {p['verdict']}")
 
 
 def cmd_ablate(args) -> int:

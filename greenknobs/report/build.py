@@ -37,7 +37,8 @@ class ReportInputs:
     fixed: dict[str, Any] = field(default_factory=dict)  # knobs the experiment fixed away from their defaults
     # the corpus as split: {"source", "near_duplicates" (by split pair), "dedup" (dropped, label conflicts)}
     data: dict[str, Any] = field(default_factory=dict)
-    # the deployment the payback is stated for: {"retrains_per_month", "predictions_per_month", "stated"}
+    # the deployment the payback is stated for ({"retrains_per_month", "predictions_per_month"}, from the
+    # experiment's ``report:``); empty: the defaults (analysis.DEFAULT_DEPLOYMENT), said so
     deployment: dict[str, Any] = field(default_factory=dict)
 
 
@@ -131,7 +132,8 @@ def build(inp: ReportInputs, validation_size: int | None = None, predictions: in
         pairs=A.interfering_pairs(casc, floor),
         progress=A.progress(inp.rows, inp.maximize, qfloor) if qfloor is not None else None,
         recommendations=recs, payback=A.payback(inp.rows, inp.isolation_rows, recs, baseline, predictions,
-                                                inp.overhead_j.get("search", 0.0), inp.overhead_j.get("isolation", 0.0)),
+                                                inp.overhead_j.get("search", 0.0), inp.overhead_j.get("isolation", 0.0),
+                                                floor, inp.deployment),
         predictions=predictions, quality_floor=qfloor)
     report.badges = _badges(inp, report)
     return report

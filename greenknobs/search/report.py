@@ -114,7 +114,8 @@ def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
         rows=all_rows(study, exp), front=front_rows(study, exp), isolation_rows=iso_rows,
         importance=studies.importances(study), meter=resolve(exp.meter.name), carbon=carbon,
         reproducibility=reproducibility, idle_power=stored_idle, experiment_command=exp.source or exp.name,
-        overhead_j=overhead, fixed=exp.fixed_settings(), data=data_facts(exp, study))
+        overhead_j=overhead, fixed=exp.fixed_settings(), data=data_facts(exp, study),
+        deployment=dict(exp.deployment.stated))
     validation_size, predictions = baseline_facts(study)
     return inputs, validation_size, predictions
 
