@@ -93,7 +93,8 @@ def test_a_phase_contended_every_time_is_marked_with_what_was_tried(scripted_loa
     m, details = noise.measure_phase(FakeMeter([30.0, 31.0, 29.0]), "inference", lambda: None, repeatable=True,
                                      contention_retries=2)
     assert details["contended"] is True and "still contended after 2 more window(s)" in details["contention"]
-    assert m.repeats == 3 and m.energy_j == 30.0  # the median of what there is, marked
+    assert m.repeats == 1 and m.energy_j == 30.0  # the window asked for, marked; the others listed
+    assert details["energy_j_runs"] == [30.0, 31.0, 29.0]
 
 
 def test_a_contended_training_phase_is_marked_not_repeated(scripted_load):

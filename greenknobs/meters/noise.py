@@ -16,7 +16,8 @@ one entry per window; a window held ``runs_per_window[i]`` runs of ``energy_j_ru
 re-measured windows' energy is there to be counted as spent). A phase
 whose window was contended is marked ``contended``. A repeatable phase is then measured again, up to
 ``contention_retries`` more windows, and the figure comes from the uncontended windows when any
-exists (``contention: "re-measured"``; all windows stay listed); otherwise, and for a phase that
+exists (``contention: "re-measured"``; all windows stay listed); otherwise from the ``repeats``
+windows asked for, marked; and for a phase that
 cannot repeat (training changes the model), the figure stands, marked, with the reason
 (``contention: "measured under contention: ..."``).
 """
@@ -131,7 +132,7 @@ def measure_phase(meter: EnergyMeter, key: str, run: Callable[[], None], *, repe
         per_window.append(n)
         flags.append(bool(load[-1]["contended"]) if len(load) == len(samples) else False)
     clean = [s for s, f in zip(samples, flags) if not f]
-    kept = clean or samples
+    kept = clean or samples[:max(1, repeats)]  # none uncontended: the windows asked for, marked (the rest listed)
     m = aggregate(kept)
     details = {"min_window_s": floor, "repeats": m.repeats, "runs_per_window": per_window,
                "energy_j_runs": [s.energy_j for s in samples]}
