@@ -21,6 +21,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from greenknobs.runtime import prefer_passive_thread_waits
+
+prefer_passive_thread_waits()  # before anything imports torch: waiting OpenMP threads sleep, not spin
+
 __version__ = "0.2.0"
 
 _EXPORTS = {

@@ -39,8 +39,10 @@ class ConsoleReporter:
                   f"search's cost)", flush=True)
             return
         spread = f" ±{m.spread_j / 2:.1f}" if m.repeats > 1 else ""
+        facts = result.details.get("measurement") or {}
+        contended = f"; {facts['contention']}" if facts.get("contention") else ""
         print(f"    {phase:<9} {m.energy_j:10.1f}{spread} J {m.provenance:<8} {m.time_s:7.1f} s   "
-              f"(trial so far {energy_so_far_j:.1f} J)", flush=True)
+              f"(trial so far {energy_so_far_j:.1f} J{contended})", flush=True)
 
     def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None,
                    stopped: bool = False) -> None:
@@ -83,8 +85,12 @@ def cmd_validate(args) -> int:
           f"{exp.objectives.quality_direction} {exp.objectives.quality_metric}")
     if data.get("rows"):
         cap = exp.pipeline_options.get("max_examples")
+        near_dropped = f", {data['near_duplicates_dropped']} near-duplicates" if data.get("near_duplicates_dropped") else ""
         print(f"  data: {data['rows']} examples in {data['labels']} labels ({data.get('duplicates_dropped', 0)} exact "
-              f"duplicates dropped{f', capped by max_examples={cap}' if cap else ''}); the seeded stratified split works")
+              f"duplicates{near_dropped} dropped{f', capped by max_examples={cap}' if cap else ''}); the seeded "
+              f"stratified split works")
+    for line in _data_warnings(data):
+        print(f"  {line}")
     if not exp.searched_knobs:
         print("  nothing to search (no knob has a space): the study runs the baseline only")
     if getattr(args, "smoke", False):
@@ -119,6 +125,26 @@ def _smoke(exp) -> int:
         return 1
     print(f"smoke: ok ({len(runs)} runs)")
     return 0
+
+
+def _data_warnings(data: dict[str, Any]) -> list[str]:
+    """What ``validate`` says about the split: near-duplicates left across it (by split pair) and
+    duplicate texts whose labels disagree."""
+    from greenknobs.ml.data import describe_near_duplicates
+
+    lines = []
+    near = data.get("near_duplicates")
+    if near:
+        advice = ("; `pipeline.dedup: near` drops them before splitting" if near["pairs"] and data.get("dedup") != "near"
+                  else "")
+        lines.append(f"near-duplicates: {describe_near_duplicates(near)}{advice}")
+    conflicts = data.get("label_conflicts") or {}
+    if conflicts.get("texts"):
+        first = conflicts["first"][0]
+        lines.append(f"label conflicts: {conflicts['texts']} texts appear with different labels ({conflicts['rows']} rows); "
+                     f"the first copy's label is kept, e.g. {first['text'][:40]!r}: {first['labels']} -> kept "
+                     f"{first['kept_label']!r}")
+    return lines
 
 
 def cmd_search(args) -> int:
@@ -161,12 +187,12 @@ def _print_cost(pb) -> None:
     print(f"\nWhat the search cost: {pb.search_spent_j:,.0f} J over {pb.trials} trials ({pb.failed_trials} failed, "
           f"{pb.stopped_trials} stopped early, {pb.reused_trials} duplicates reused, {pb.phase_reused_trials} resumed "
           f"from stored phase outputs), plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
+    if pb.per_recommendation:
+        d = pb.deployment
+        print(f"  payback for {d['retrains_per_month']:g} retrainings and {d['predictions_per_month']:,.0f} predictions "
+              f"a month ({d['stated']}); a saving inside the noise floor counts as none ({pb.noise['source']})")
     for p in pb.per_recommendation:
-        be = p["break_even_training_runs"]
-        per1k = p["saved_per_1k_predictions_j"]
-        print(f"  {p['kind']} (trial {p['trial']}): saves {p['saved_per_training_run_j']:,.0f} J per training run"
-              + (f" and {per1k:,.1f} J per 1,000 predictions" if per1k is not None else "")
-              + (f"; pays the search back after {be:,.1f} training runs" if be else "; never pays the search back"))
+        print(f"  {p['kind']} (trial {p['trial']}): {p['training_verdict']}, {p['prediction_verdict']}; {p['verdict']}")
 
 
 def cmd_ablate(args) -> int:

@@ -29,7 +29,8 @@ from greenknobs.pipeline import FUNCTION, FunctionPipeline, Pipeline, pipeline_c
 SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
 TOP_LEVEL = ("name", "description", "pipeline", "knobs", "objectives", "constraints", "budget", "sampler",
-             "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless")
+             "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless",
+             "report")
 QUICK_KEYS = ("trials", "timeout_s", "energy_j", "pipeline")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CLASS_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:ClassName
@@ -102,6 +103,21 @@ class StopHopeless:
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """``report: {retrains_per_month, predictions_per_month}``: the deployment the payback is stated
+    for (months until the training and prediction savings repay the search). Empty: the report's
+    defaults (report.analysis.DEFAULT_DEPLOYMENT), said so."""
+
+    stated: dict[str, float] = field(default_factory=dict)
+
+
+def _deployment(raw: Any) -> Deployment:
+    raw = _mapping(raw, "report")
+    _reject_unknown(raw, ("retrains_per_month", "predictions_per_month"), "report")
+    return Deployment({k: float(_number(v, f"report.{k}", low=0, high=1e15)) for k, v in raw.items()})
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     pipeline: str
@@ -125,6 +141,7 @@ class Experiment:
     energy_budget_j: float | None = None  # stop when the search has spent this much (trials, warm-ups, failures)
     reuse: Reuse = field(default_factory=Reuse)
     stop_hopeless: StopHopeless = field(default_factory=StopHopeless)
+    deployment: Deployment = field(default_factory=Deployment)
 
     @property
     def searched_knobs(self) -> tuple[KnobSetting, ...]:
@@ -445,6 +462,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         trials=trials, timeout_s=timeout_s, sampler=sampler, seed=seed, device=device, meter=meter, carbon=carbon,
         repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(description),
         quick=quick, source=source, energy_budget_j=energy_budget_j, reuse=reuse, stop_hopeless=stop_hopeless,
+        deployment=_deployment(raw.get("report")),
     )
 
 

@@ -79,6 +79,11 @@ class TrialRow:
     variant_of: int | None = None  # queued to try other inference settings on this trial's trained model
     study: str = ""  # the Optuna study it belongs to (the search, or its isolation study)
     ablation: dict[str, Any] | None = None  # isolation-study role: {"knob", "value", "repeat"} or {"combo", ...}
+    # what the pipeline reported about the model's size (search.rows.model_size): parameters,
+    # trainable_parameters, flops_per_prediction, and under "sources" the detail each was read from;
+    # a key is absent when the pipeline reported nothing for it
+    model_size: dict[str, Any] = field(default_factory=dict)
+    contended_phases: list[str] = field(default_factory=list)  # phases measured while others' load contended
 
     @property
     def complete(self) -> bool:

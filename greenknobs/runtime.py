@@ -97,13 +97,36 @@ def process_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+_WAIT_POLICY: dict[str, str] = {}  # what OpenMP worker threads do while they wait, as set up at import
+
+
+def prefer_passive_thread_waits() -> dict[str, str]:
+    """Make OpenMP worker threads sleep where they wait (OMP_WAIT_POLICY=PASSIVE) instead of
+    spinning: a thread spinning at a barrier while its partner waits for a core burns CPU-seconds
+    that grow with *other* processes' load, and the cpu-model counts them. The OpenMP runtime reads
+    the variable once, when torch loads it, so this must run before ``import torch`` (greenknobs's
+    package import calls it). A value the user set is kept. Returns what holds in this process."""
+    if not _WAIT_POLICY:
+        if "torch" in sys.modules:
+            _WAIT_POLICY.update(policy=os.environ.get("OMP_WAIT_POLICY", "runtime default"),
+                                how="torch was loaded before greenknobs: its OpenMP runtime kept what it read then")
+        elif "OMP_WAIT_POLICY" in os.environ:
+            _WAIT_POLICY.update(policy=os.environ["OMP_WAIT_POLICY"], how="set by the user")
+        else:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+            _WAIT_POLICY.update(policy="PASSIVE", how="set by greenknobs before torch loaded")
+    return dict(_WAIT_POLICY)
+
+
 def process_state() -> dict[str, Any]:
-    """What in this process a trial's figures depend on: thread counts, autograd, autocast."""
+    """What in this process a trial's figures depend on: thread counts, autograd, autocast, and
+    whether waiting threads spin (the OpenMP wait policy)."""
     torch = sys.modules.get("torch")
     if torch is None:
         return {}
     return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "grad_enabled": torch.is_grad_enabled(), "autocast_cpu": torch.is_autocast_enabled("cpu")}
+            "grad_enabled": torch.is_grad_enabled(), "autocast_cpu": torch.is_autocast_enabled("cpu"),
+            "omp_wait_policy": prefer_passive_thread_waits()["policy"]}
 
 
 def reset_process_state() -> dict[str, Any]:

@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from greenknobs.errors import ConfigError
+from greenknobs.ml.data import (
+    DEDUP_MODES,
+    dedup_before_split,
+    near_duplicate_report,
+    split_assignment,
+    stratified_subset,
+)
+from greenknobs.ml.dedup import NEAR_THRESHOLD, THRESHOLD_RANGE
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -181,25 +189,76 @@ def _jsonl_records(text: str, name: str) -> list[tuple[int, dict[Any, Any]]]:
     return records
 
 
-def check_dataset(options: dict[str, Any], seed: int, min_labels: int = 2) -> dict[str, Any]:
-    """Read the dataset as the data phase will, and make its seeded, stratified split: a file that
-    would fail trial 0 fails here (``greenknobs validate``), naming the option. Returns a summary."""
-    from greenknobs.ml.data import drop_duplicate_texts, stratified_subset
-    from greenknobs.ml.metrics import stratified_split
+# Options every text pipeline takes for de-duplicating the corpus before it is split (merge into the
+# pipeline's DEFAULT_OPTIONS and call ``check_dedup_options`` from ``validate_options``):
+#   dedup: exact   drop texts equal after normalising case and spaces (what every run did before)
+#   dedup: near    also drop near-duplicates (word 3-gram Jaccard >= near_duplicate_threshold) --
+#                  a property of the experiment's data, fixed for the whole study: a knob acting
+#                  before the split would change the validation and test sets between trials
+# Either way the near-duplicates left across the seeded split are counted by split pair.
+DEDUP_OPTIONS: dict[str, Any] = {"dedup": "exact", "near_duplicate_threshold": NEAR_THRESHOLD}
 
+
+def check_dedup_options(merged: dict[str, Any]) -> None:
+    mode = merged.get("dedup", DEDUP_OPTIONS["dedup"])
+    if mode not in DEDUP_MODES:
+        raise ConfigError("pipeline.dedup", f"expected {' or '.join(DEDUP_MODES)}, got {shown(mode)}")
+    threshold = merged.get("near_duplicate_threshold", NEAR_THRESHOLD)
+    low, high = THRESHOLD_RANGE
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not low <= threshold <= high:
+        raise ConfigError("pipeline.near_duplicate_threshold",
+                          f"expected a word 3-gram Jaccard in [{low}, {high}], got {shown(threshold)}")
+
+
+def read_dataset(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The examples of ``pipeline.dataset``: the bundled BBC News corpus, or the user's file."""
     ds = options["dataset"]
     if ds == "bbc-news":
         try:
-            examples = load_bbc_news()
+            return load_bbc_news()
         except OSError as exc:
             raise ConfigError("pipeline.dataset", f"cannot read the BBC News corpus: {exc}") from None
-        where = "pipeline.dataset"
-    else:
-        examples = load_table(ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
-        where = "pipeline.dataset.label_column"
-    examples, dropped = drop_duplicate_texts(examples)
+    return load_table(ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
+
+
+def dedup_and_cap(examples: list[dict[str, Any]], options: dict[str, Any],
+                  seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The corpus as it will be split: duplicates dropped as ``pipeline.dedup`` says (exact, or
+    near too), then the stratified ``max_examples`` cap. Returns it and the de-duplication facts."""
+    kept, facts = dedup_before_split(examples, options.get("dedup", "exact"),
+                                     options.get("near_duplicate_threshold", NEAR_THRESHOLD))
     if options.get("max_examples"):
-        examples = stratified_subset(examples, min(1.0, options["max_examples"] / len(examples)), seed)
+        kept = stratified_subset(kept, min(1.0, options["max_examples"] / len(kept)), seed)
+    return kept, facts
+
+
+def split_corpus(examples: list[dict[str, Any]], options: dict[str, Any], seed: int):
+    """What a text pipeline's data phase does to the corpus it read, in one call: de-duplicate the
+    whole corpus (``pipeline.dedup``), cap it (``max_examples``), make the seeded stratified
+    train/validation/test split (``pipeline.split``), and count the near-duplicates left across that
+    split. Returns ``(train, validation, test, facts)``; ``facts["dedup"]`` is what was dropped (and
+    the label conflicts), ``facts["near_duplicates"]`` the report by split pair -- record both as
+    phase details. Labels are left as they are (encode them afterwards: the split is the same)."""
+    from greenknobs.ml.metrics import stratified_split  # scikit-learn: loaded when a split is made
+
+    kept, facts = dedup_and_cap(examples, options, seed)
+    split = options["split"]
+    train, validation, test = stratified_split(kept, (split["train"], split["validation"], split["test"]), seed)
+    merged, names = split_assignment({"train": train, "validation": validation, "test": test})
+    report = near_duplicate_report(merged, names, options.get("near_duplicate_threshold", NEAR_THRESHOLD))
+    return train, validation, test, {"dedup": facts, "near_duplicates": report}
+
+
+def check_dataset(options: dict[str, Any], seed: int, min_labels: int = 2) -> dict[str, Any]:
+    """Read the dataset as the data phase will, and make its seeded, stratified split: a file that
+    would fail trial 0 fails here (``greenknobs validate``), naming the option. Returns a summary,
+    with the duplicates dropped before the split, the exact duplicates whose labels disagree, and the
+    near-duplicate pairs left across the split, by split pair."""
+    from greenknobs.ml.metrics import stratified_split
+
+    examples = read_dataset(options)
+    where = "pipeline.dataset" if options["dataset"] == "bbc-news" else "pipeline.dataset.label_column"
+    examples, facts = dedup_and_cap(examples, options, seed)
     counts = Counter(e["label"] for e in examples)
     if len(counts) < min_labels:
         raise ConfigError(where, f"needs at least {min_labels} labels; found {len(counts)} "
@@ -207,7 +266,7 @@ def check_dataset(options: dict[str, Any], seed: int, min_labels: int = 2) -> di
     split = options["split"]
     fractions = (split["train"], split["validation"], split["test"])
     try:
-        stratified_split(examples, fractions, seed)
+        train, validation, test = stratified_split(examples, fractions, seed)
     except ValueError as exc:
         rare = ", ".join(f"{shown(label)}: {n}" for label, n in sorted(counts.items(), key=lambda kv: kv[1])[:3])
         capped = f" (after max_examples={options['max_examples']})" if options.get("max_examples") else ""
@@ -215,4 +274,8 @@ def check_dataset(options: dict[str, Any], seed: int, min_labels: int = 2) -> di
         raise ConfigError("pipeline.dataset", f"{len(examples)} rows in {len(counts)} labels{capped} are too few for a "
                                               f"stratified train/validation/test split of {fractions} (fewest rows: "
                                               f"{rare}; {why})") from None
-    return {"rows": len(examples), "labels": len(counts), "duplicates_dropped": dropped}
+    merged, names = split_assignment({"train": train, "validation": validation, "test": test})
+    report = near_duplicate_report(merged, names, options.get("near_duplicate_threshold", NEAR_THRESHOLD))
+    return {"rows": len(examples), "labels": len(counts), "duplicates_dropped": facts["exact_dropped"],
+            "near_duplicates_dropped": facts["near_dropped"], "dedup": facts["mode"],
+            "label_conflicts": facts["label_conflicts"], "near_duplicates": report}

@@ -108,10 +108,8 @@ def test_every_knob_describes_itself(name):
     C.check_fields(name)
 
 
-@pytest.mark.parametrize("name", KNOBS)
+@pytest.mark.parametrize("name", [k for k in KNOBS if k not in SEPARATE_PROCESS])  # those: test_interop_threads_in_a_fresh_process
 def test_every_knob_takes_effect_or_is_refused_here(name, harness, lm_harness, vision_harness, runtime):
-    if name in SEPARATE_PROCESS:
-        pytest.skip("covered by test_interop_threads_in_a_fresh_process")
     pipeline = _pipeline_for(name, harness, lm_harness, vision_harness)
     if name not in pipeline.knobs:
         pytest.skip(f"{name} is not used by a built-in pipeline")

@@ -50,6 +50,15 @@ class ClockMeter(EnergyMeter):
                            self.params())
 
 
+@pytest.fixture(autouse=True)
+def quiet_host(monkeypatch):
+    """Repeats and short windows here, not the neighbours: no host load is read, so no window is
+    ever contended and re-measured (tests/test_contention.py covers that)."""
+    from greenknobs.meters import host_load
+
+    monkeypatch.setattr(host_load, "sample", lambda: None)
+
+
 def m(e: float, t: float = 1.0) -> Measurement:
     return Measurement(e, t, MODELLED, "x", {"cpu": {"energy_j": e, "provenance": MODELLED}})
 

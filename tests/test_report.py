@@ -98,6 +98,109 @@ def test_hypervolume_knee_and_payback():
     assert p["saved_per_1k_predictions_j"] == pytest.approx(0.0) and p["break_even_predictions"] is None  # never
 
 
+def phased(trial, training, inference, baseline=False):
+    """A trial whose training run costs ``training`` J and whose 100 predictions cost ``inference`` J."""
+    r = row(trial, training + inference, 0.95, BASE, baseline=baseline)
+    r.phase_energy_j = {"data": 0.0, "model": 0.0, "system": 0.0, "training": training, "inference": inference}
+    return r
+
+
+def payback_of(base, rec_row, floor=None, deployment=None, spent=1000.0):
+    recs = A.recommendations([rec_row], base, floor, ["data.max_seq_len"], True, predictions=100)
+    return A.payback([base, rec_row], [], recs, base, predictions=100, overhead_j=spent - base.spent_j - rec_row.spent_j,
+                     floor=floor, deployment=deployment)
+
+
+def test_payback_combines_training_and_prediction_savings_for_a_deployment():
+    base = phased(0, 100.0, 10.0, baseline=True)
+    pb = payback_of(base, phased(1, 50.0, 5.0), deployment={"retrains_per_month": 2, "predictions_per_month": 10_000})
+    p = pb.per_recommendation[0]
+    # 2 x 50 J + 10,000 predictions x 0.05 J = 600 J a month: 1,000 J repaid in 1.67 months
+    assert p["saved_per_month_j"] == pytest.approx(2 * 50.0 + 10_000 / 1000 * 50.0)
+    assert p["months_to_repay"] == pytest.approx(1000.0 / 600.0)
+    assert p["break_even_training_runs"] == pytest.approx(20.0) and p["break_even_predictions"] == pytest.approx(20_000)
+    assert "repays the search (1,000 J) in 1.7 months at 2 retrainings and 10,000 predictions a month" in p["verdict"]
+    assert pb.deployment["stated"] == "in the experiment (report:)"
+    default = payback_of(base, phased(1, 50.0, 5.0))
+    assert default.deployment["retrains_per_month"] == 4 and default.deployment["predictions_per_month"] == 1_000_000
+    assert "default" in default.deployment["stated"]
+
+
+def test_a_saving_inside_the_noise_floor_is_no_saving():
+    base = phased(0, 100.0, 10.0, baseline=True)
+    # training identical but for 0.0004 J (a reused phase): no saving, however many runs; predictions save
+    pb = payback_of(base, phased(1, 99.9996, 5.0))
+    p = pb.per_recommendation[0]
+    assert p["break_even_training_runs"] is None and p["training_verdict"].startswith("no saving per training run")
+    assert p["saved_per_month_j"] == pytest.approx(1_000_000 / 1000 * 50.0) and p["months_to_repay"] is not None
+    assert "assumed ±10 %" in pb.noise["source"]  # no repeated baseline: the floor is assumed, and says so
+    # neither saving clears the floor: never, and why
+    never = payback_of(base, phased(1, 99.0, 9.9)).per_recommendation[0]
+    assert never["months_to_repay"] is None and never["break_even_predictions"] is None
+    assert never["verdict"] == "never pays the search back: neither saving is beyond the noise floor"
+    # training costs more than it saves at inference, at this deployment: never, for that reason
+    worse = payback_of(base, phased(1, 200.0, 5.0), deployment={"retrains_per_month": 4, "predictions_per_month": 1000})
+    w = worse.per_recommendation[0]
+    assert w["training_verdict"].startswith("costs 100 J more") and w["months_to_repay"] is None
+    assert w["prediction_verdict"] == "saves 50 J per 1,000 predictions" and w["saved_per_month_j"] == pytest.approx(-350.0)
+    assert w["verdict"].endswith("its extra cost outweighs its saving at this deployment")
+    # a measured floor: a 3 % change is a saving when repeats moved the baseline by only 1 %
+    floor = A.NoiseFloor(3, 110.0, 0.01, 0.95, 0.005, 0.95)
+    measured = payback_of(base, phased(1, 97.0, 10.0), floor=floor)
+    m = measured.per_recommendation[0]
+    assert m["break_even_training_runs"] is not None and m["training_noise_j"] == pytest.approx(0.01 * (100**2 + 97**2) ** 0.5)
+    assert measured.noise["source"] == "measured: the baseline's energy moved ±1.0 % over 3 runs"
+
+
+def test_the_deployment_profile_is_an_experiment_key(tmp_path, tiny_model_dir, tiny_csv):
+    from greenknobs.config import parse_experiment
+    from greenknobs.errors import ConfigError
+
+    raw = F.tiny_experiment(tmp_path, tiny_model_dir, tiny_csv)
+    assert parse_experiment(raw).deployment.stated == {}
+    exp = parse_experiment({**raw, "report": {"retrains_per_month": 2, "predictions_per_month": 50_000}})
+    assert exp.deployment.stated == {"retrains_per_month": 2.0, "predictions_per_month": 50_000.0}
+    assert exp.quick_variant().deployment == exp.deployment
+    for bad, key in (({"retrains_per_mnth": 2}, "report.retrains_per_mnth"), ({"retrains_per_month": -1}, "report.retrains_per_month"),
+                     ({"predictions_per_month": "lots"}, "report.predictions_per_month"), ([4], "report")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse_experiment({**raw, "report": bad})
+
+
+def test_the_saving_spread_is_in_points_of_the_baselines_energy():
+    base = phased(0, 100.0, 10.0, baseline=True)
+    floor = A.NoiseFloor(3, 110.0, 0.05, 0.95, 0.005, 0.95)
+    rec = A.recommendations([phased(1, 22.0, 5.5)], base, floor, ["data.max_seq_len"], True, predictions=100)[0]
+    # E/E0 = 27.5/110: each figure moves 5 % of itself, so the saving moves sqrt(2) x 5 % x 0.25 = 1.77 points
+    assert rec.saving_spread_pct == pytest.approx(100 * 2 ** 0.5 * 0.05 * 27.5 / 110.0)
+    assert rec.noise_rel == 0.05
+
+
+def test_the_report_and_the_console_state_the_deployment_and_the_floor(capsys):
+    from greenknobs.cli import _print_cost
+    from greenknobs.report import html, markdown
+    from greenknobs.report.build import ReportInputs, build
+
+    base, rec = phased(0, 100.0, 10.0, baseline=True), phased(1, 99.9996, 5.0)
+    base.energy_saving_pct, rec.energy_saving_pct = 0.0, 4.5
+    inputs = ReportInputs(
+        name="x", pipeline="text-classification", metric="macro_f1", maximize=True, energy_scope="total",
+        constraints={}, searched=["data.max_seq_len"], baseline_values=BASE, rows=[base, rec], front=[rec],
+        isolation_rows=[], importance={}, meter={"name": "cpu-model", "why": "test"},
+        carbon={"g_per_kwh": 100.0, "source": "test"}, reproducibility={},
+        deployment={"retrains_per_month": 1, "predictions_per_month": 20_000})
+    report = build(inputs, validation_size=100, predictions=100)
+    page, md = html.render(report), markdown.render(report)
+    for text in (page, md):
+        assert "1 retrainings and 20,000 predictions a month" in text and "in the experiment (report:)" in text
+        assert "no saving per training run (within the noise floor" in text and "assumed ±10 %" in text
+    assert "months to repay the search" in page
+    _print_cost(report.payback)
+    out = capsys.readouterr().out
+    assert "no saving per training run" in out and "saves 50 J per 1,000 predictions" in out and "repays the search" in out
+    assert "28,102,453" not in out and "training runs" not in out.split("repays")[-1]
+
+
 def test_a_recommendation_snippet_reproduces_the_trial_with_the_experiments_fixed_knobs():
     r = row(5, 40.0, 0.95, {"data.max_seq_len": 64, "model.layers_removed": 2, "model.pruning_method": "block_influence",
                             "training.learning_rate": 0.00061234})

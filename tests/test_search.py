@@ -4,6 +4,7 @@ Optuna's Pareto front, failures recorded, reruns continue the study, MLflow pare
 from __future__ import annotations
 
 import optuna
+import pandas as pd
 import pytest
 from conftest import write_experiment
 from optuna.trial import TrialState
@@ -52,6 +53,9 @@ def test_search_baseline_front_and_mlflow(exp_path):
     assert published.rows and all(r.feasible for r in published.rows)
     for key in ("pareto_csv", "trials_csv", "pareto_html", "pareto_png"):
         assert published.files[key].stat().st_size > 0
+    front_csv = pd.read_csv(published.files["pareto_csv"])  # the model's size, as the model phase reported it
+    assert (front_csv["parameters"] > 0).all() and front_csv["flops_per_prediction"].isna().all()
+    assert front_csv["parameters"].tolist() == [r.model_size["parameters"] for r in published.rows]
     counts = tracker.counts()
     assert counts == {"parents": 1, "children": 4}
     runs = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.pareto = 'true'")

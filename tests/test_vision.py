@@ -10,6 +10,7 @@ import itertools
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -450,4 +451,7 @@ def test_quick_search_of_the_digits_experiment_end_to_end(tmp_path, monkeypatch)
     assert ev["parameters_before"] == ev["parameters_after"] > 0 and ev["flops_per_image_after"] > 0
     assert result["quality"]["test"]["macro_f1"] > result["quality"]["test"]["trivial_macro_f1"] + 0.05
     assert published.rows and published.files["pareto_csv"].stat().st_size > 0
+    front_csv = pd.read_csv(published.files["pareto_csv"])  # the served model's size: parameters and FLOPs
+    assert (front_csv["parameters"] > 0).all() and (front_csv["flops_per_prediction"] > 0).all()
+    assert all(r.model_size["sources"]["flops_per_prediction"] == "inference.served.flops_per_image" for r in published.rows)
     assert tracker.counts() == {"parents": 1, "children": len(trials)}

@@ -6,7 +6,12 @@ cpu_seconds counts every process the trial ran, however it was started (fork, sp
 this process and the children it reaped (getrusage), plus every live descendant and what *they*
 reaped (psutil), read at both window edges and differenced. A DataLoader worker or a
 forkserver's grandchild is therefore counted whether it is still alive or already gone. The figure
-follows the work done, not the clock, and other tenants' load does not leak in.
+follows this process tree's CPU time, not the clock and not other processes' CPU time -- but other
+processes' load still moves it: threads that must share their cores run longer and stall, and
+OpenMP threads that *spin* while they wait burn CPU-seconds that grow with the neighbours' load.
+greenknobs makes waiting OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE, set before torch loads:
+runtime.prefer_passive_thread_waits), and every phase window records the host's load beside it and
+is marked when contended (meters/host_load.py, meters/noise.py).
 Resident memory (RSS of the same tree) is sampled every ``sample_s`` seconds by a background
 thread and at both window edges, and integrated over the window (GB·s), so a phase that peaks
 and frees memory is charged for what it held, not for whatever is resident when it ends.

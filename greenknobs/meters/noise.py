@@ -9,6 +9,17 @@ meter's update step (a tick, a counter refresh), so:
 (an actual run, so its components still add up), the spread (max - min) and k; a spread above
 ``spread_warning`` x median raises a NoisyMeasurementWarning and is noted in the phase details.
 Re-running training k times would multiply the study's cost by k; it is measured once.
+
+Contention: every window records the load on this process's CPUs beside it (others' busy
+CPU-seconds, steal, the load average: ``host_load.between``), in ``details["host_load"]`` (a list,
+one entry per window; a window held ``runs_per_window[i]`` runs of ``energy_j_runs[i]`` J each, so
+re-measured windows' energy is there to be counted as spent). A phase
+whose window was contended is marked ``contended``. A repeatable phase is then measured again, up to
+``contention_retries`` more windows, and the figure comes from the uncontended windows when any
+exists (``contention: "re-measured"``; all windows stay listed); otherwise from the ``repeats``
+windows asked for, marked; and for a phase that
+cannot repeat (training changes the model), the figure stands, marked, with the reason
+(``contention: "measured under contention: ..."``).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from greenknobs.meters import host_load
 from greenknobs.meters.base import EnergyMeter
 from greenknobs.phases import Measurement
 
@@ -61,15 +73,18 @@ Aborted = Callable[[Measurement], None]
 
 
 def measure_window(meter: EnergyMeter, key: str, run: Callable[[], None],
-                   min_window: float = 0.0, on_abort: Aborted | None = None) -> tuple[Measurement, int]:
+                   min_window: float = 0.0, on_abort: Aborted | None = None,
+                   load: list[dict[str, Any]] | None = None) -> tuple[Measurement, int]:
     """One window around ``run``, repeated inside the window until it lasts ``min_window`` s.
 
     Returns the per-run measurement and the number of runs the window held. When ``run`` raises,
     the window still closes, and ``on_abort`` receives what was spent up to the failure (a failed
-    trial's energy belongs in the search's cost) before the exception goes on.
+    trial's energy belongs in the search's cost) before the exception goes on. The host's load
+    during the window (``host_load.between``) is appended to ``load`` when given.
     """
     runs = 0
     window = None
+    before = host_load.sample() if load is not None else None
     try:
         with meter.window(key) as window:
             start = time.perf_counter()
@@ -82,30 +97,52 @@ def measure_window(meter: EnergyMeter, key: str, run: Callable[[], None],
         if on_abort is not None and window is not None and window._measurement is not None:
             on_abort(window._measurement)
         raise
+    if load is not None:
+        seen = host_load.between(before, host_load.sample())
+        if seen is not None:
+            load.append(seen)
     return per_run(window.measurement, runs), runs
 
 
 def measure_phase(meter: EnergyMeter, key: str, run: Callable[[], None], *, repeatable: bool,
-                  repeats: int = 1, spread_warning: float = 0.10,
-                  on_abort: Aborted | None = None) -> tuple[Measurement, dict[str, Any]]:
+                  repeats: int = 1, spread_warning: float = 0.10, on_abort: Aborted | None = None,
+                  contention_retries: int = 2) -> tuple[Measurement, dict[str, Any]]:
     """Measure one phase under the rules above; returns the measurement and facts for its details."""
     floor = min_window_s(meter)
+    load: list[dict[str, Any]] = []
     if not repeatable:
-        m, _ = measure_window(meter, key, run, on_abort=on_abort)
+        m, _ = measure_window(meter, key, run, on_abort=on_abort, load=load)
         details: dict[str, Any] = {"min_window_s": floor}
         if m.time_s < floor:
             details["below_resolution"] = True
+        _contention(details, load, [bool(load and load[0]["contended"])],
+                    "not repeatable (it changes the trial's state): measured once")
         return m, details
     samples, per_window = [], []
     for _ in range(max(1, repeats)):
-        m, n = measure_window(meter, key, run, floor, on_abort=on_abort)
+        m, n = measure_window(meter, key, run, floor, on_abort=on_abort, load=load)
         samples.append(m)
         per_window.append(n)
-    m = aggregate(samples)
+    flags = [bool(x["contended"]) for x in load] if len(load) == len(samples) else [False] * len(samples)
+    retries = 0
+    while any(flags) and flags.count(False) < max(1, repeats) and retries < contention_retries:
+        m, n = measure_window(meter, key, run, floor, on_abort=on_abort, load=load)  # a contended window: again
+        retries += 1
+        samples.append(m)
+        per_window.append(n)
+        flags.append(bool(load[-1]["contended"]) if len(load) == len(samples) else False)
+    clean = [s for s, f in zip(samples, flags) if not f]
+    kept = clean or samples[:max(1, repeats)]  # none uncontended: the windows asked for, marked (the rest listed)
+    m = aggregate(kept)
     details = {"min_window_s": floor, "repeats": m.repeats, "runs_per_window": per_window,
                "energy_j_runs": [s.energy_j for s in samples]}
     if any(n > 1 for n in per_window):
         details["repeated_short_window"] = True
+    _contention(details, load, flags, f"still contended after {retries} more window(s)" if any(flags) else "")
+    if any(flags) and clean:
+        details["contention"] = (f"re-measured: {flags.count(True)} contended window(s) left out, the figure is from "
+                                 f"{len(kept)} uncontended one(s)")
+        details["contended"] = False
     if m.repeats > 1:
         details["spread_fraction"] = relative_spread(m)
         if relative_spread(m) > spread_warning:
@@ -114,6 +151,18 @@ def measure_phase(meter: EnergyMeter, key: str, run: Callable[[], None], *, repe
             details["spread_warning"] = msg
             warnings.warn(msg, NoisyMeasurementWarning, stacklevel=2)
     return m, details
+
+
+def _contention(details: dict[str, Any], load: list[dict[str, Any]], flags: list[bool], why: str) -> None:
+    """The host's load beside every window, and the verdict: contended or not, and what was done."""
+    if not load:
+        details["host_load"] = "not recorded (no /proc/stat here)"
+        return
+    details["host_load"] = load  # one entry per window, in the order they ran
+    details["contended"] = any(flags)
+    if any(flags):
+        worst = max(load, key=lambda x: x["others_cores"] + x["steal_cores"])
+        details["contention"] = f"measured under contention ({host_load.describe(worst)}): {why}"
 
 
 def measure_idle_power(meter: EnergyMeter, seconds: float) -> dict[str, Any] | None:

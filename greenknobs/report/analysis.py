@@ -384,14 +384,17 @@ class Recommendation:
     trial: int
     knobs: dict[str, Any]
     energy_j: float
-    saving_pct: float
-    saving_spread_pct: float | None  # the noise floor, in percentage points, when repeats exist
+    saving_pct: float  # percent of the baseline's energy
+    # the saving's noise, in percentage points of the baseline's energy (the unit of saving_pct):
+    # 100 * sqrt(2) * r * E / E0, the baseline's relative half-range r applied to both figures; None without repeats
+    saving_spread_pct: float | None
     validation_quality: float
     test_quality: float | None
     test_retained_pct: float | None
     snippet: str  # the experiment-file lines that reproduce it
     training_j: float  # data + model + system + training phases
     inference_j_per_1k: float | None
+    noise_rel: float | None = None  # the noise floor behind saving_spread_pct: the baseline's relative half-range
 
 
 def training_energy(row: TrialRow) -> float:
@@ -424,14 +427,30 @@ def recommendations(front: list[TrialRow], baseline: TrialRow | None, floor: Noi
         picks = [("lowest energy meeting the quality floor" + (" (also the knee)" if k else ""), lowest)]
     else:
         picks = [("lowest energy meeting the quality floor", lowest), ("knee of the front", k)]
-    spread = 100 * floor.energy_rel if floor and floor.energy_rel is not None else None
+    rel = floor.energy_rel if floor and floor.energy_rel is not None else None
     out = []
     for kind, r in picks:
-        out.append(Recommendation(kind, r.trial, {n: r.knobs.get(n) for n in searched}, r.energy_j or 0.0,
+        e, e0 = r.energy_j or 0.0, baseline.energy_j or 0.0
+        # s = 1 - E/E0 with E and E0 each moving by rel of themselves: s moves by sqrt(2) * rel * E/E0
+        spread = 100 * math.sqrt(2) * rel * e / e0 if rel is not None and e0 > 0 else None
+        out.append(Recommendation(kind, r.trial, {n: r.knobs.get(n) for n in searched}, e,
                                   r.energy_saving_pct or 0.0, spread, r.validation_quality or 0.0, r.test_quality,
                                   r.test_quality_retained_pct, snippet(r, searched, fixed), training_energy(r),
-                                  inference_per_1k(r, predictions)))
+                                  inference_per_1k(r, predictions), rel))
     return out
+
+
+def saving_noise_j(e0: float, e: float, rel: float) -> float:
+    """How far a saving of e0 - e joules moves by noise alone when each figure moves by ``rel`` of
+    itself (independently): rel * sqrt(e0^2 + e^2). A saving no larger than this is no saving."""
+    return rel * math.hypot(e0, e)
+
+
+# The deployment a payback is stated for, when the experiment states none (``report:`` in the file).
+DEFAULT_DEPLOYMENT = {"retrains_per_month": 4.0, "predictions_per_month": 1_000_000.0}
+# The noise floor assumed where no repeated baseline measured one: modelled figures of one
+# configuration moved ~10 % between runs on the project's VMs (README).
+ASSUMED_NOISE_REL = 0.10
 
 
 @dataclass
@@ -445,37 +464,81 @@ class Payback:
     per_recommendation: list[dict[str, Any]]
     stopped_trials: int = 0  # stopped early as hopeless (their energy up to the stop counts)
     phase_reused_trials: int = 0  # resumed from a stored phase output (data, model or trained model)
+    deployment: dict[str, Any] = field(default_factory=dict)  # retrains_per_month, predictions_per_month, stated
+    noise: dict[str, Any] = field(default_factory=dict)  # rel, source: the floor a saving must clear
 
     @property
     def total_spent_j(self) -> float:
         return self.search_spent_j + self.isolation_spent_j
 
 
+def _part(name: str, e0: float | None, e: float | None, rel: float, unit: str) -> dict[str, Any]:
+    """One part of a saving (per training run, per 1,000 predictions): the figure as measured, the
+    noise it must clear, and the saving that counts (0 inside the noise)."""
+    if e0 is None or e is None:
+        return {"saved_j": None, "noise_j": None, "counted_j": 0.0, "verdict": f"no {name} figure"}
+    saved, noise = e0 - e, saving_noise_j(e0, e, rel)
+    if abs(saved) <= noise:
+        return {"saved_j": saved, "noise_j": noise, "counted_j": 0.0,
+                "verdict": f"no saving {unit} (within the noise floor, ±{noise:,.3g} J)"}
+    verdict = f"saves {saved:,.4g} J {unit}" if saved > 0 else f"costs {-saved:,.4g} J more {unit}"
+    return {"saved_j": saved, "noise_j": noise, "counted_j": saved, "verdict": verdict}
+
+
 def payback(search_rows: list[TrialRow], iso_rows: list[TrialRow], recs: list[Recommendation],
             baseline: TrialRow | None, predictions: int | None, overhead_j: float = 0.0,
-            iso_overhead_j: float = 0.0) -> Payback:
+            iso_overhead_j: float = 0.0, floor: NoiseFloor | None = None,
+            deployment: dict[str, Any] | None = None) -> Payback:
     """What the search cost (every trial, failed ones included, warm-ups, and the isolation study)
-    and how many retrainings or predictions repay it for each recommendation."""
+    and when each recommendation repays it, for a deployment profile (retrainings and predictions a
+    month; DEFAULT_DEPLOYMENT unless the experiment states one): the months until the training and
+    prediction savings together repay the search, and the training runs or the predictions that
+    would repay it alone. A saving inside the noise floor counts as none -- the floor measured by
+    the isolation study's repeated baselines, else ASSUMED_NOISE_REL, said so."""
     provs = {r.provenance for r in search_rows + iso_rows if r.provenance}
+    stated = dict(deployment or {})
+    profile = {**DEFAULT_DEPLOYMENT, **stated, "stated": "in the experiment (report:)" if stated else
+               "default (the experiment states none under report:)"}
+    rel = floor.energy_rel if floor and floor.energy_rel is not None else None
+    noise: dict[str, Any] = ({"rel": rel, "source": f"measured: the baseline's energy moved ±{100 * rel:.1f} % over {floor.runs} runs"}
+             if rel is not None and floor is not None else
+             {"rel": ASSUMED_NOISE_REL, "source": f"assumed ±{100 * ASSUMED_NOISE_REL:.0f} %: no repeated baseline "
+                                                  "(run `greenknobs ablate --repeats 3` to measure it)"})
     pb = Payback(sum(r.spent_j for r in search_rows) + overhead_j, sum(r.spent_j for r in iso_rows) + iso_overhead_j,
                  len(search_rows),
                  sum(r.state == "FAIL" or (r.state == "PRUNED" and bool(r.fail_reason)) for r in search_rows),
                  sum(r.duplicate_of is not None for r in search_rows),
                  "measured" if provs == {"measured"} else "modelled", [],
                  stopped_trials=sum(r.state == "PRUNED" and bool(r.stop_reason) for r in search_rows),
-                 phase_reused_trials=sum(r.reused_from is not None for r in search_rows))
+                 phase_reused_trials=sum(r.reused_from is not None for r in search_rows),
+                 deployment=profile, noise=noise)
     if baseline is None:
         return pb
     base_train, base_1k = training_energy(baseline), inference_per_1k(baseline, predictions)
+    retrains, per_month = float(profile["retrains_per_month"]), float(profile["predictions_per_month"])
     for rec in recs:
-        per_run = base_train - rec.training_j
-        per_1k = (base_1k - rec.inference_j_per_1k) if base_1k is not None and rec.inference_j_per_1k is not None else None
+        train = _part("training", base_train, rec.training_j, noise["rel"], "per training run")
+        infer = _part("prediction", base_1k, rec.inference_j_per_1k, noise["rel"], "per 1,000 predictions")
+        monthly = retrains * train["counted_j"] + per_month / 1000 * infer["counted_j"]
+        total = pb.total_spent_j
+        if monthly > 0:
+            months: float | None = total / monthly
+            verdict = (f"repays the search ({total:,.0f} J) in {months:,.1f} months at {retrains:g} retrainings and "
+                       f"{per_month:,.0f} predictions a month")
+        else:
+            months = None
+            why = ("neither saving is beyond the noise floor" if not train["counted_j"] and not infer["counted_j"]
+                   else "its extra cost outweighs its saving at this deployment")
+            verdict = f"never pays the search back: {why}"
         pb.per_recommendation.append({
             "kind": rec.kind, "trial": rec.trial,
-            "saved_per_training_run_j": per_run,
-            "saved_per_1k_predictions_j": per_1k,
-            "break_even_training_runs": pb.total_spent_j / per_run if per_run > 0 else None,
-            "break_even_predictions": 1000 * pb.total_spent_j / per_1k if per_1k and per_1k > 0 else None,
+            "saved_per_training_run_j": train["saved_j"], "training_noise_j": train["noise_j"],
+            "training_verdict": train["verdict"],
+            "saved_per_1k_predictions_j": infer["saved_j"], "prediction_noise_j": infer["noise_j"],
+            "prediction_verdict": infer["verdict"],
+            "saved_per_month_j": monthly, "months_to_repay": months, "verdict": verdict,
+            "break_even_training_runs": total / train["counted_j"] if train["counted_j"] > 0 else None,
+            "break_even_predictions": 1000 * total / infer["counted_j"] if infer["counted_j"] > 0 else None,
         })
     return pb
 

@@ -35,6 +35,11 @@ class ReportInputs:
     experiment_command: str = ""
     overhead_j: dict[str, float] = field(default_factory=dict)  # warm-up runs: {"search": J, "isolation": J}
     fixed: dict[str, Any] = field(default_factory=dict)  # knobs the experiment fixed away from their defaults
+    # the corpus as split: {"source", "near_duplicates" (by split pair), "dedup" (dropped, label conflicts)}
+    data: dict[str, Any] = field(default_factory=dict)
+    # the deployment the payback is stated for ({"retrains_per_month", "predictions_per_month"}, from the
+    # experiment's ``report:``); empty: the defaults (analysis.DEFAULT_DEPLOYMENT), said so
+    deployment: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,12 +99,17 @@ def _badges(inp: ReportInputs, report: Report) -> list[Badge]:
     rows = [r for r in inp.rows if r.complete]
     provs = {r.provenance for r in rows}
     below = [r.trial for r in rows if r.phases_below_resolution]
+    contended = [f"{r.trial} ({', '.join(r.contended_phases)})" for r in rows if r.contended_phases]
     badges = [
         Badge("energy measured by hardware counters", provs == {"measured"},
               f"every figure is {'/'.join(sorted(p for p in provs if p)) or 'absent'}, by {inp.meter.get('name')} "
               f"({inp.meter.get('why')})"),
         Badge("no phase window shorter than the meter resolves", not below,
               "all windows long enough" if not below else f"trials with a phase below resolution: {below[:10]}"),
+        Badge("no phase measured while other processes contended for the CPUs", not contended,
+              "no window was contended (others' load and steal on this process's CPUs, recorded beside every window)"
+              if not contended else f"{len(contended)} trial(s) with a phase measured under contention, its figure "
+              f"marked (repeatable phases were measured again): {', '.join(contended[:10])}"),
         Badge("idle baseline subtracted", inp.idle_power is not None,
               f"idle {inp.idle_power['watts']:.2f} W ({inp.idle_power['provenance']}, {inp.idle_power['meter']})"
               if inp.idle_power else "no idle baseline: figures are gross (set meter.idle_baseline_s)"),
@@ -122,7 +132,8 @@ def build(inp: ReportInputs, validation_size: int | None = None, predictions: in
         pairs=A.interfering_pairs(casc, floor),
         progress=A.progress(inp.rows, inp.maximize, qfloor) if qfloor is not None else None,
         recommendations=recs, payback=A.payback(inp.rows, inp.isolation_rows, recs, baseline, predictions,
-                                                inp.overhead_j.get("search", 0.0), inp.overhead_j.get("isolation", 0.0)),
+                                                inp.overhead_j.get("search", 0.0), inp.overhead_j.get("isolation", 0.0),
+                                                floor, inp.deployment),
         predictions=predictions, quality_floor=qfloor)
     report.badges = _badges(inp, report)
     return report

@@ -19,7 +19,7 @@ def report_data(r: Report) -> dict[str, Any]:
         "progress": to_plain(r.progress), "payback": to_plain(r.payback), "badges": to_plain(r.badges),
         "quality_floor": r.quality_floor, "predictions_per_trial": r.predictions,
         "trials": [t.to_dict() for t in inp.rows], "isolation_trials": [t.to_dict() for t in inp.isolation_rows],
-        "reproducibility": inp.reproducibility,
+        "reproducibility": inp.reproducibility, "data": inp.data, "deployment": inp.deployment,
     }
 
 

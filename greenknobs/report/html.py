@@ -70,8 +70,10 @@ def _recommendations(r: Report) -> str:
         return "<p>No feasible trial yet.</p>"
     out = []
     for rec in r.recommendations:
-        spread = f" ± {rec.saving_spread_pct:.1f} points (noise floor)" if rec.saving_spread_pct is not None else \
-            " (single run: spread unknown; run <code>greenknobs ablate</code>)"
+        spread = (f" ± {rec.saving_spread_pct:.1f} points of the baseline's energy (noise: the baseline moved "
+                  f"±{100 * rec.noise_rel:.1f} % between repeats, applied to both figures)"
+                  if rec.saving_spread_pct is not None and rec.noise_rel else
+                  " (single run: spread unknown; run <code>greenknobs ablate</code>)")
         out.append(f"<h3>{e(rec.kind.capitalize())}: trial {rec.trial}</h3><p>{rec.saving_pct:.1f} % less energy"
                    f"{spread}; {e(r.inputs.metric)} validation {rec.validation_quality:.4f}, test (held out) "
                    f"{fmt(rec.test_quality, 4)} ({fmt(rec.test_retained_pct, 1)} % of the baseline's).</p>"
@@ -153,14 +155,20 @@ def _cost(r: Report) -> str:
             f"{pb.reused_trials} reused a duplicate's result) and the isolation study <b>{pb.isolation_spent_j:,.0f} J</b>: "
             f"{pb.total_spent_j:,.0f} J in all ({pb.total_spent_j / 3.6e6:.5f} kWh, {r.grams(pb.total_spent_j):.3f} g "
             f"CO2e), {e(pb.provenance)}.</p>")
+    d = pb.deployment
+    profile = (f"<p>Payback for <b>{d['retrains_per_month']:g} retrainings and {d['predictions_per_month']:,.0f} "
+               f"predictions a month</b> ({e(d['stated'])}): the training and prediction savings together, per month. "
+               f"A saving inside the noise floor counts as none: {e(pb.noise['source'])}, applied to both figures of "
+               f"each saving.</p>") if pb.per_recommendation else ""
     rows = []
     for p in pb.per_recommendation:
-        rows.append([e(f"{p['kind']} (trial {p['trial']})"), fmt(p["saved_per_training_run_j"]),
-                     fmt(p["saved_per_1k_predictions_j"], 2),
-                     fmt(p["break_even_training_runs"]) if p["break_even_training_runs"] else "never",
-                     f"{p['break_even_predictions']:,.0f}" if p["break_even_predictions"] else "never"])
-    return head + table(["recommendation", "J saved per training run", "J saved per 1,000 predictions",
-                         "break-even: training runs", "break-even: predictions"], rows)
+        rows.append([e(f"{p['kind']} (trial {p['trial']})"), e(p["training_verdict"]), e(p["prediction_verdict"]),
+                     fmt(p["saved_per_month_j"]), fmt(p["months_to_repay"]) if p["months_to_repay"] else "never",
+                     fmt(p["break_even_training_runs"]) if p["break_even_training_runs"] else "–",
+                     f"{p['break_even_predictions']:,.0f}" if p["break_even_predictions"] else "–"])
+    return head + profile + table(["recommendation", "per training run", "per 1,000 predictions",
+                                   "J saved per month (counted)", "months to repay the search",
+                                   "training runs alone to repay", "predictions alone to repay"], rows)
 
 
 def _badges(r: Report) -> str:
@@ -169,10 +177,31 @@ def _badges(r: Report) -> str:
                    for b in r.badges)
 
 
+def _data(r: Report) -> str:
+    """The corpus as split: duplicates dropped before the split, label conflicts, and near-duplicate
+    pairs left across the split, by split pair."""
+    d = r.inputs.data
+    near = d.get("near_duplicates")
+    if not near:
+        return f"<h3>Data</h3><p class='muted'>Near-duplicates across the split: {e(d.get('source', 'not recorded'))}.</p>"
+    dd = d.get("dedup") or {}
+    conflicts = (dd.get("label_conflicts") or {}).get("texts", 0)
+    dropped = (f"{fmt(dd.get('exact_dropped'))} exact duplicates" + (f" and {dd['near_dropped']} near-duplicates"
+               if dd.get("near_dropped") else "") + " dropped before the split"
+               + (f" (pipeline.dedup: {e(dd['mode'])})" if dd.get("mode") else ""))
+    rows = [[e(name), str(n), str(near.get("label_conflicts_by_split_pair", {}).get(name, 0))]
+            for name, n in near["by_split_pair"].items()]
+    return (f"<h3>Data</h3><p>{dropped}; {conflicts} texts appeared with different labels (the first copy's label "
+            f"kept). Near-duplicate pairs left in the seeded split ({e(near['method'])}): <b>{near['pairs']}</b>, "
+            f"<b>{near['across_splits']}</b> across splits, among {near['rows']} rows. Source: {e(d.get('source'))}.</p>"
+            + table(["split pair", "near-duplicate pairs", "with different labels"], rows))
+
+
 def _reproducibility(r: Report) -> str:
     rep = r.inputs.reproducibility
     rows = [[e(k), e(v)] for k, v in rep.items() if k != "experiment_file"]
-    return table(["", "value"], rows, left=2) + f"<h3>Experiment file</h3><pre>{e(rep.get('experiment_file', ''))}</pre>"
+    return (table(["", "value"], rows, left=2) + _data(r)
+            + f"<h3>Experiment file</h3><pre>{e(rep.get('experiment_file', ''))}</pre>")
 
 
 def render(r: Report) -> str:

@@ -27,15 +27,27 @@ def render(r: Report) -> str:
             lines.append(f"| {label} | {_n(b[key], d)} | {_n(rec[key], d) if rec else '–'} |")
         lines.append("")
     for rec in r.recommendations:
-        spread = f" ± {rec.saving_spread_pct:.1f} pts" if rec.saving_spread_pct is not None else ""
+        spread = (f" ± {rec.saving_spread_pct:.1f} points of the baseline's energy (noise: the baseline moved "
+                  f"±{100 * rec.noise_rel:.1f} % between repeats)") if rec.saving_spread_pct is not None and rec.noise_rel \
+            else " (single runs: noise unknown)"
         lines += [f"**{rec.kind.capitalize()}** (trial {rec.trial}): {rec.saving_pct:.1f} % less energy{spread}, "
                   f"test {inp.metric} {_n(rec.test_quality, 4)}.", "", "```yaml", rec.snippet, "```", ""]
     lines += [front_markdown(inp.front, inp.rows, f"Pareto front: energy vs {inp.metric}"), ""]
     pb = r.payback
     lines.append(f"The search cost {pb.total_spent_j:,.0f} J ({pb.provenance}; isolation study {pb.isolation_spent_j:,.0f} J).")
+    if pb.per_recommendation:
+        profile = pb.deployment
+        lines.append(f"Payback at {profile['retrains_per_month']:g} retrainings and {profile['predictions_per_month']:,.0f} "
+                     f"predictions a month ({profile['stated']}); a saving inside the noise floor counts as none "
+                     f"({pb.noise['source']}):")
     for p in pb.per_recommendation:
-        be = p["break_even_training_runs"]
-        lines.append(f"- {p['kind']}: pays back after {_n(be)} training runs" if be else f"- {p['kind']}: never pays back")
+        lines.append(f"- {p['kind']} (trial {p['trial']}): {p['training_verdict']}, {p['prediction_verdict']}; "
+                     f"{p['verdict']}")
+    near = inp.data.get("near_duplicates")
+    if near:
+        pairs = ", ".join(f"{name} {n}" for name, n in near["by_split_pair"].items())
+        lines += ["", f"Data: {near['pairs']} near-duplicate pairs (word 3-gram Jaccard >= {near['threshold']:g}) in the "
+                      f"seeded split, {near['across_splits']} across splits ({pairs}); {inp.data.get('source')}."]
     if r.cascade and r.effects:
         flagged = [c for c in r.cascade if c.quality_verdict not in ("as predicted", "no prediction")
                    or c.energy_verdict not in ("as predicted", "no prediction")]

@@ -24,8 +24,12 @@ def energy_column(rows: list[TrialRow]) -> str:
     return f"energy ({label})"
 
 
+SIZE_COLUMNS = ("parameters", "trainable_parameters", "flops_per_prediction")  # empty where the pipeline reports none
+
+
 def trials_frame(rows: list[TrialRow]) -> pd.DataFrame:
-    """One row per trial: figures with their provenance and meter parameters, then every searched knob."""
+    """One row per trial: figures with their provenance and meter parameters, the model's size as the
+    pipeline reported it, then every searched knob."""
     records = []
     energy = energy_column(rows)
     for r in rows:
@@ -38,9 +42,14 @@ def trials_frame(rows: list[TrialRow]) -> pd.DataFrame:
             "provenance": r.provenance, "meter": r.meter, "energy_scope": r.scope,
             "meter_params": json.dumps(r.meter_params, sort_keys=True, default=str) if r.meter_params else None,
             "time_s": r.time_s}
+        rec.update({k: r.model_size.get(k) for k in SIZE_COLUMNS})
         rec.update(r.searched)
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records(records)
+    for col in SIZE_COLUMNS:  # whole numbers stay whole, a missing figure stays empty (not NaN, not 0)
+        if col in frame:
+            frame[col] = frame[col].astype("Int64")
+    return frame
 
 
 def write_front(front_rows: list[TrialRow], all_rows: list[TrialRow], outdir: Path) -> dict[str, Path]:
@@ -64,6 +73,7 @@ def render_front(front_rows: list[TrialRow]) -> str:
         return "(no feasible trial yet)"
     val, test = quality_columns(front_rows[0].metric)
     df = trials_frame(front_rows).drop(columns=["state", "feasible", "meter_params", "energy_scope", "baseline"])
+    df = df.drop(columns=[c for c in SIZE_COLUMNS if c in df and df[c].isna().all()])  # a size no pipeline reported
     for col in df.columns:
         if col in (val, test):
             df[col] = df[col].astype(float).round(4)
@@ -84,10 +94,13 @@ def front_markdown(front_rows: list[TrialRow], all_rows: list[TrialRow], title: 
     lines.append(f"Feasible Pareto front from Optuna: {len(front_rows)} of {len(all_rows)} trials. Energy {prov} by "
                  f"{'/'.join(sorted({r.meter for r in front_rows if r.meter}))}; {metric} chosen on validation, "
                  f"test held out.")
-    lines += ["", f"| trial | {energy_column(front_rows)} | saved | {metric} validation | {metric} test | knobs changed |",
-              "|---:|---:|---:|---:|---:|---|"]
+    sized = any(r.model_size.get("parameters") for r in front_rows)
+    lines += ["", f"| trial | {energy_column(front_rows)} | saved | {metric} validation | {metric} test | "
+                  f"{'parameters | ' if sized else ''}knobs changed |",
+              f"|---:|---:|---:|---:|---:|{'---:|' if sized else ''}---|"]
     for r in front_rows:
         changed = ", ".join(f"{k}={v}" for k, v in r.knobs.items() if base is not None and base.knobs.get(k) != v)
+        size = (f"{r.model_size['parameters']:,} | " if r.model_size.get("parameters") else "– | ") if sized else ""
         lines.append(f"| {r.trial} | {r.energy_j:.1f} | {r.energy_saving_pct:.1f} % | {r.validation_quality:.4f} | "
-                     f"{(r.test_quality or 0):.4f} | {changed or 'baseline'} |")
+                     f"{(r.test_quality or 0):.4f} | {size}{changed or 'baseline'} |")
     return "\n".join(lines)

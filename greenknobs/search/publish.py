@@ -74,6 +74,8 @@ def search_cost(exp: Experiment, study: Study, front: list[TrialRow], rows: list
     base_trial = studies.baseline_trial(study)
     predictions = ((base_trial.user_attrs.get("result") or {}).get("samples") or {}).get("inference") if base_trial else None
     maximize = exp.objectives.quality_direction == "maximize"
-    recs = analysis.recommendations(front, baseline, None, [s.name for s in exp.searched_knobs], maximize, predictions,
+    floor = analysis.noise_floor(analysis.baseline_rows(iso_rows))  # None until the isolation study repeated it
+    recs = analysis.recommendations(front, baseline, floor, [s.name for s in exp.searched_knobs], maximize, predictions,
                                    exp.fixed_settings())
-    return analysis.payback(rows, iso_rows, recs, baseline, predictions, studies.overhead_j(study), iso_overhead)
+    return analysis.payback(rows, iso_rows, recs, baseline, predictions, studies.overhead_j(study), iso_overhead,
+                            floor, exp.deployment.stated)

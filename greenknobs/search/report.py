@@ -55,6 +55,33 @@ def baseline_facts(study) -> tuple[int | None, int | None]:
     return examples.get("validation"), (result.get("samples") or {}).get("inference")
 
 
+def data_facts(exp: Experiment, study) -> dict[str, Any]:
+    """The corpus as the trials split it: duplicates dropped before the split, label conflicts, and
+    the near-duplicate pairs left across it by split pair -- as the baseline's data phase recorded
+    them, or, for a pipeline that records none, recomputed now from the dataset (and said so)."""
+    from greenknobs.config import check_inputs
+
+    base = studies.baseline_trial(study)
+    result = (base.user_attrs.get("result") or {}) if base is not None else {}
+    details = ((result.get("phases") or {}).get("data") or {}).get("details") or {}
+    if details.get("near_duplicates"):
+        return {"source": "recorded by the baseline trial's data phase", "near_duplicates": details["near_duplicates"],
+                "dedup": details.get("dedup_before_split"),
+                "duplicates_dropped_before_split": details.get("duplicates_dropped_before_split")}
+    try:
+        summary = check_inputs(exp)
+    except GreenknobsError as exc:
+        return {"source": f"not recorded by the trials, and the dataset cannot be read now: {exc}"}
+    if not summary.get("near_duplicates"):
+        return {"source": "not recorded: this pipeline reports no near-duplicates"}
+    return {"source": "recomputed from the dataset now (the trials did not record it): the same seeded split",
+            "near_duplicates": summary["near_duplicates"],
+            "dedup": {"mode": summary.get("dedup"), "exact_dropped": summary.get("duplicates_dropped"),
+                      "near_dropped": summary.get("near_duplicates_dropped"),
+                      "label_conflicts": summary.get("label_conflicts")},
+            "duplicates_dropped_before_split": summary.get("duplicates_dropped")}
+
+
 def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
     study = studies.open_study(exp, create=False)
     iso_rows = []
@@ -87,7 +114,8 @@ def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
         rows=all_rows(study, exp), front=front_rows(study, exp), isolation_rows=iso_rows,
         importance=studies.importances(study), meter=resolve(exp.meter.name), carbon=carbon,
         reproducibility=reproducibility, idle_power=stored_idle, experiment_command=exp.source or exp.name,
-        overhead_j=overhead, fixed=exp.fixed_settings())
+        overhead_j=overhead, fixed=exp.fixed_settings(), data=data_facts(exp, study),
+        deployment=dict(exp.deployment.stated))
     validation_size, predictions = baseline_facts(study)
     return inputs, validation_size, predictions
 

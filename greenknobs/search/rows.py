@@ -8,6 +8,37 @@ from greenknobs.config import Experiment
 from greenknobs.records import TrialRow
 from greenknobs.search.study import FrozenTrial, Study, front_trials
 
+# Where pipelines report the model's size (``ctx.detail`` in a phase), most specific first: the model
+# as served, as trained, as loaded and prepared. Each entry: (phase, detail path, size key).
+SIZE_DETAILS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("inference", ("served", "parameters"), "parameters"),  # vision: the model served (pruned, maybe int8)
+    ("training", ("parameters", "trained"), "parameters"),  # vision: after pruning and fine-tuning
+    ("model", ("parameters",), "parameters"),  # text and LM pipelines: after pruning, casting, LoRA
+    ("training", ("trainable_parameters",), "trainable_parameters"),  # the shared training loop
+    ("inference", ("served", "flops_per_image"), "flops_per_prediction"),  # vision: counted on a forward pass
+)
+
+
+def model_size(phases: dict[str, Any]) -> dict[str, Any]:
+    """What a trial's pipeline reported about its model's size, read from the phase details: the
+    parameter count (of the model served, else trained, else prepared), the trainable parameters,
+    FLOPs per prediction, and the detail each figure came from. Nothing reported: nothing here (a
+    column left empty, never a 0)."""
+    out: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for phase, path, key in SIZE_DETAILS:
+        if key in out:
+            continue
+        value: Any = (phases.get(phase) or {}).get("details") or {}
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            out[key] = value
+            sources[key] = f"{phase}.{'.'.join(path)}"
+    if out:
+        out["sources"] = sources
+    return out
+
 
 def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow:
     s: dict[str, Any] = t.user_attrs.get("summary", {})
@@ -38,6 +69,9 @@ def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow
         phase_provenance={name: p.get("provenance") for name, p in phases.items()},
         phases_below_resolution=[name for name, p in phases.items()
                                  if ((p.get("details") or {}).get("measurement") or {}).get("below_resolution")],
+        contended_phases=[name for name, p in phases.items()
+                          if ((p.get("details") or {}).get("measurement") or {}).get("contended")],
+        model_size=model_size(phases),
         carbon_g=s.get("carbon_g", {}).get("total"),
         carbon_g_per_phase=s.get("carbon_g", {}),
         carbon_source=(result.get("carbon") or {}).get("source"),
