@@ -260,11 +260,15 @@ class Trial:
         assert window is not None
         self._open = None
         details: dict[str, Any] = {"measurement": facts, "process_state_at_start": window.process_state}
+        # what the search spent: every window that ran (repeats, re-measured contended windows), not the median
+        runs, per_window = facts.get("energy_j_runs"), facts.get("runs_per_window")
+        spent = sum(e * n for e, n in zip(runs, per_window)) if runs and per_window else m.energy_j
         if window.excluded:  # nested windows charged elsewhere (the search's progress check)
-            spent = m.energy_j
             m = m.without(window.excluded)
-            details.update(excluded=[{"energy_j": e.energy_j, "time_s": e.time_s, "why": "progress check"}
-                                     for e in window.excluded], spent_j=spent)
+            details["excluded"] = [{"energy_j": e.energy_j, "time_s": e.time_s, "why": "progress check"}
+                                   for e in window.excluded]
+        if window.excluded or spent != m.energy_j:
+            details["spent_j"] = spent
         details = {**self.ctx.phase_details.get(name, {}), **details}
         self._record(name, PhaseResult(name, m, details))
         self._check_needs(end=name)

@@ -27,27 +27,28 @@ import torch
 import torch.nn.functional as F
 
 from greenknobs.errors import ConfigError, IncompatibleKnobs
-from greenknobs.ml import distill, hf, metrics, token_cache
+from greenknobs.ml import distill, hf, token_cache
 from greenknobs.ml import train_loop as loop
 from greenknobs.ml.data import (
     carve_stopping_rows,
     deduplicate_training,
-    drop_duplicate_texts,
-    stratified_subset,
     subsample_training,
 )
 from greenknobs.pipeline import Pipeline
 from pipelines.text_data import (
+    DEDUP_OPTIONS,
     check_dataset,
     check_dataset_option,
+    check_dedup_options,
     check_options,
-    load_bbc_news,
-    load_table,
     model_dir_option,
+    read_dataset,
     shown,
+    split_corpus,
 )
 
 DEFAULT_OPTIONS: dict[str, Any] = {
+    **DEDUP_OPTIONS,  # dedup: exact | near (before the split), near_duplicate_threshold
     "dataset": "bbc-news",  # or {path, text_column, label_column}
     "model": "scratch",  # or a local directory with a trained causal LM of the same vocabulary
     "split": {"train": 0.8, "validation": 0.1, "test": 0.1},
@@ -153,6 +154,7 @@ class CausalLMPipeline(Pipeline):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         merged = check_options(options, DEFAULT_OPTIONS)
+        check_dedup_options(merged)
         check_dataset_option(merged["dataset"])
         model_dir_option(merged["model"], "pipeline.model", keywords=("scratch",))
         split = merged["split"]
@@ -208,15 +210,9 @@ class CausalLMPipeline(Pipeline):
 
     def data(self, trial) -> None:
         ctx = trial.ctx
-        ds = self.options["dataset"]
-        articles = load_bbc_news() if ds == "bbc-news" else load_table(
-            ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
-        articles, dropped = drop_duplicate_texts(articles)  # before splitting: no article in two splits
-        if self.options["max_examples"]:
-            articles = stratified_subset(articles, min(1.0, self.options["max_examples"] / len(articles)), ctx.seed)
-        split = self.options["split"]
-        train, ctx.validation, ctx.test = metrics.stratified_split(
-            articles, (split["train"], split["validation"], split["test"]), ctx.seed)
+        # duplicates dropped before splitting (pipeline.dedup: exact, or near); near-duplicates left counted
+        train, ctx.validation, ctx.test, facts = split_corpus(read_dataset(self.options), self.options, ctx.seed)
+        articles = train + ctx.validation + ctx.test
         ctx.train = train
         tokenizer = hf.load_tokenizer(hf.bundled_minilm_dir())  # not handed over: articles are streamed, then cut into blocks
         rows = train + ctx.validation + ctx.test
@@ -242,7 +238,9 @@ class CausalLMPipeline(Pipeline):
         # the progress check scores validation in blocks of the training length (compared within a trial only)
         ctx.validation = [{"input_ids": b} for b in blocks(self._stream(ctx, ctx.validation), block)]
         ctx.samples["data"] = len(articles)
-        ctx.detail("duplicates_dropped_before_split", dropped)
+        ctx.detail("duplicates_dropped_before_split", facts["dedup"]["exact_dropped"] + facts["dedup"]["near_dropped"])
+        ctx.detail("dedup_before_split", facts["dedup"])
+        ctx.detail("near_duplicates", facts["near_duplicates"])
         ctx.detail("articles", {"train": len(train), "validation": len(ctx.extras["validation_articles"]),
                                 "test": len(ctx.test)})
         ctx.detail("training_blocks", len(ctx.train))

@@ -23,20 +23,23 @@ import torch.nn.functional as F
 from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.ml import distill, early_exit, hf, layers, metrics, probes, token_cache
 from greenknobs.ml import train_loop as loop
-from greenknobs.ml.data import carve_stopping_rows, drop_duplicate_texts, select_training_examples, stratified_subset
+from greenknobs.ml.data import carve_stopping_rows, select_training_examples
 from greenknobs.pipeline import Pipeline
 from pipelines.text_data import (
+    DEDUP_OPTIONS,
     check_dataset,
     check_dataset_option,
+    check_dedup_options,
     check_options,
     encode_labels,
-    load_bbc_news,
-    load_table,
     model_dir_option,
+    read_dataset,
     shown,
+    split_corpus,
 )
 
 DEFAULT_OPTIONS: dict[str, Any] = {
+    **DEDUP_OPTIONS,  # dedup: exact | near (before the split), near_duplicate_threshold
     "dataset": "bbc-news",  # or {path, text_column, label_column}
     "model": "minilm",  # or a local Hugging Face model directory
     "split": {"train": 0.7, "validation": 0.1, "test": 0.2},
@@ -189,6 +192,7 @@ class TextClassificationPipeline(Pipeline):
     @classmethod
     def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         merged = check_options(options, DEFAULT_OPTIONS)
+        check_dedup_options(merged)
         check_dataset_option(merged["dataset"])
         model_dir_option(merged["model"], "pipeline.model")
         split = merged["split"]
@@ -256,16 +260,12 @@ class TextClassificationPipeline(Pipeline):
 
     def data(self, trial) -> None:
         ctx = trial.ctx
-        ds = self.options["dataset"]
-        examples = load_bbc_news() if ds == "bbc-news" else load_table(
-            ds["path"], ds.get("text_column", "text"), ds.get("label_column", "label"))
-        examples, dropped = drop_duplicate_texts(examples)  # before splitting: no text in two splits
-        if self.options["max_examples"]:
-            examples = stratified_subset(examples, min(1.0, self.options["max_examples"] / len(examples)), ctx.seed)
+        # duplicates (exact, or near with pipeline.dedup: near) dropped before splitting: no text in two
+        # splits; the near-duplicates left across the split are counted by split pair
+        train, validation, test, facts = split_corpus(read_dataset(self.options), self.options, ctx.seed)
+        examples = train + validation + test
         ctx.extras["label_names"] = encode_labels(examples)
-        split = self.options["split"]
-        ctx.train, ctx.validation, ctx.test = metrics.stratified_split(
-            examples, (split["train"], split["validation"], split["test"]), ctx.seed)
+        ctx.train, ctx.validation, ctx.test = train, validation, test
         if ctx.setting("training.early_stopping_patience"):  # early stopping scores rows carved from training
             ctx.train, ctx.extras["early_stopping_rows"] = carve_stopping_rows(ctx.train, ctx.seed)
         select_training_examples(ctx)  # de-duplicate, then subsample (data.dedup, data.train_fraction)
@@ -287,7 +287,9 @@ class TextClassificationPipeline(Pipeline):
             r["input_ids"] = i
         ctx.observed.record("tokenization", stats)
         ctx.samples["data"] = len(examples)
-        ctx.detail("duplicates_dropped_before_split", dropped)
+        ctx.detail("duplicates_dropped_before_split", facts["dedup"]["exact_dropped"] + facts["dedup"]["near_dropped"])
+        ctx.detail("dedup_before_split", facts["dedup"])
+        ctx.detail("near_duplicates", facts["near_duplicates"])
         ctx.detail("examples", {"train": len(ctx.train), "validation": len(ctx.validation), "test": len(ctx.test)})
         ctx.detail("labels", ctx.extras["label_names"])
         ctx.detail("tokenization", {k: v for k, v in stats.items() if k != "file"})
