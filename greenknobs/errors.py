@@ -30,3 +30,9 @@ class MeterUnavailable(GreenknobsError):
 class HopelessTrial(GreenknobsError):
     """Partway through training, a trial's validation quality is still at the trivial model's
     level: it cannot meet the quality floor, so it is stopped (Optuna PRUNED) to save energy."""
+
+
+class ServiceOutage(GreenknobsError):
+    """A service the search depends on (the study's database) stayed unreachable longer than the
+    worker waits for it. Not bad input: the CLI exits with EX_TEMPFAIL (75), so a scheduler may
+    restart the worker, which carries on from the study."""

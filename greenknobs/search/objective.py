@@ -1,9 +1,10 @@
 """The objective: one trial, start to end. Draw its knob values, canonicalise them, take a twin's
-result or run it (``run_trial``), summarise it against the baseline, set its constraints, and
-record it -- in the study and in MLflow -- whether it completed, failed or was stopped on purpose.
+result or run it (``run_trial``), summarise it against the baseline, work out its constraints,
+record it in MLflow, and hand back its ``Outcome`` -- completed, failed or stopped on purpose.
 
-A failing trial is recorded (Optuna FAIL, MLflow FAILED, the reason) and the search goes on; the
-worker loop (worker.py) tells Optuna the outcome from the exception this raises.
+The worker (worker.py) writes the outcome to the study: that is where a result that could not be
+written (the database gone) is kept on disk until it can, without running the trial again. A
+failing trial is recorded (Optuna FAIL, MLflow FAILED, the reason) and the search goes on.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from greenknobs.config import Experiment
 from greenknobs.devices.gpu import foreign_processes as gpu_foreign_processes
-from greenknobs.errors import GreenknobsError, HopelessTrial, IncompatibleKnobs
+from greenknobs.errors import GreenknobsError, HopelessTrial, IncompatibleKnobs, ServiceOutage
 from greenknobs.knobs.compat import canonicalise
 from greenknobs.meters.base import EnergyMeter
 from greenknobs.phase_store import PhaseStore
@@ -32,13 +33,24 @@ from greenknobs.search.policies import FailureStreak, HopelessStop, InferenceVar
 from greenknobs.search.progress import Progress, Reporter
 from greenknobs.search.study import FrozenTrial, Study, Trial
 
-
-class TrialStopped(Exception):
-    """Raised inside the objective when a trial is stopped on purpose (hopeless): Optuna PRUNED."""
+COMPLETE, PRUNED, FAIL = "complete", "pruned", "fail"
 
 
-class TrialFailed(Exception):
-    """Raised inside the objective so Optuna records the trial as FAIL and carries on."""
+@dataclass
+class Outcome:
+    """How a trial ended and what records it in the study: its attributes and constraints, then its
+    state -- ``complete`` (with its two objective values), ``pruned`` (stopped on purpose, or a
+    combination that cannot run here) or ``fail`` -- as JSON-able data, so it can wait on disk."""
+
+    state: str
+    values: tuple[float, float] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    constraints: dict[str, float] = field(default_factory=dict)
+    trained: bool = False  # a feasible trial that trained (and stored) a new model: variants may follow
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "values": list(self.values) if self.values else None, "attrs": self.attrs,
+                "constraints": self.constraints}
 
 
 @dataclass
@@ -74,8 +86,9 @@ class Objective:
         self.idle_power: dict[str, Any] | None = None
         self.host_workers: HostWorkers | None = None
         self.current_run: str | None = None
+        self._base: FrozenTrial | None = None
 
-    def __call__(self, study: Study, trial: Trial) -> tuple[float, float]:
+    def __call__(self, study: Study, trial: Trial) -> Outcome:
         exp = self.exp
         is_baseline = bool(trial.user_attrs.get("baseline"))
         sampled = exp.baseline_values()
@@ -95,6 +108,8 @@ class Objective:
         twin = None if is_baseline or self.isolation else self.policies.twins.find(study, trial, values)
         if twin is not None:
             return self._reuse(trial, twin)
+        if not is_baseline:
+            self._baseline(study)  # read now: summarising the result must not need the database
         changed = {k: v for k, v in values.items() if v != exp.baseline_values().get(k)}
         run_id = self.tracker.start_trial(trial.number, values, is_baseline, notes, changed)
         self.current_run = run_id
@@ -102,15 +117,19 @@ class Objective:
         started = time.perf_counter()
         spent: dict[str, Any] = {"j": 0.0, "phases": {}, "provenance": []}
 
+        def spent_attr(**extra: Any) -> dict[str, Any]:
+            return {"energy_j": spent["j"], "phases": dict(spent["phases"]),
+                    "provenance": combine_provenance(spent["provenance"]), **extra}
+
         def on_phase(phase: str, result: PhaseResult) -> None:
             # saved as the trial goes: a trial that fails (or a worker that dies) still counts in the search's
-            # cost; a reused phase costs only what loading it did (its attributed energy is the stored cost)
+            # cost; a reused phase costs only what loading it did (its attributed energy is the stored cost).
+            # During a database outage the trial goes on: its outcome carries what it spent.
             used = float(result.details.get("spent_j", result.energy_j))
             spent["j"] += used
             spent["phases"][phase] = spent["phases"].get(phase, 0.0) + used
             spent["provenance"].append(result.measurement.provenance)
-            trial.set_user_attr("spent", {"energy_j": spent["j"], "phases": spent["phases"],
-                                          "provenance": combine_provenance(spent["provenance"])})
+            studies.note_progress(trial, "spent", spent_attr())
             if self.reporter:
                 self.reporter.phase_done(trial.number, phase, result, spent["j"])
 
@@ -130,14 +149,16 @@ class Objective:
                 (result.reuse.get("publish_j") or 0.0)  # the store's own reads and writes, outside the phases
             if extra:
                 spent["j"] += extra
-                trial.set_user_attr("spent", {**trial.user_attrs.get("spent", {}), "energy_j": spent["j"],
-                                              "store_j": extra})
-            summary = self._summarise(study, trial, result, is_baseline)
+            outcome = self._summarise(study, result, is_baseline)
+            outcome.attrs["spent"] = spent_attr(**({"store_j": extra} if extra else {}))
+            summary = TrialSummary.from_dict(outcome.attrs["summary"])
             self.tracker.finish_trial(run_id, result, summary)
         except HopelessTrial as exc:  # stopped on purpose: PRUNED, its energy counted, the reason kept
-            raise self._stopped(trial, run_id, exc, started) from exc
+            return self._stopped(trial, run_id, exc, started, spent_attr())
+        except ServiceOutage:  # the database stayed away: the trial is cut off (the worker says so)
+            raise
         except Exception as exc:  # every failure is recorded; the search goes on
-            raise self._failed(trial, run_id, exc, started) from exc
+            return self._failed(trial, run_id, exc, started, spent_attr())
         finally:
             if meter is not None:
                 meter.close()
@@ -151,24 +172,24 @@ class Objective:
                                                  f"{result.reuse.get('load_j', 0.0):.1f} J; the objective counts what "
                                                  "they cost when they ran)")
             self.reporter.trial_done(trial.number, summary, None, self.progress.left(), self.progress.eta())
-        if (result.reuse.get("published") or {}).get("training") is True and summary.feasible and not self.isolation:
-            self.policies.variants.queue(study, trial)
-        return summary.energy_j, summary.quality
+        outcome.trained = (result.reuse.get("published") or {}).get("training") is True and summary.feasible \
+            and not self.isolation
+        return outcome
 
     # -- what a trial's outcome records --------------------------------------------------------
-    def _reuse(self, trial: Trial, twin: FrozenTrial) -> tuple[float, float]:
+    def _reuse(self, trial: Trial, twin: FrozenTrial) -> Outcome:
         """An exact duplicate of a completed trial (after canonicalisation): its result, marked so."""
-        values = TwinReuse.adopt(trial, twin)
+        values, attrs, constraints = TwinReuse.adopt(twin)
         run_id = self.tracker.reuse_trial(trial.number, twin.user_attrs.get("mlflow_run_id"), twin.number)
-        trial.set_user_attr("mlflow_run_id", run_id)
+        attrs["mlflow_run_id"] = run_id
         if self.reporter:
             self.reporter.note(trial.number, f"same knob values as trial {twin.number} (after canonicalisation): "
                                              "its result is reused, nothing runs")
             self.reporter.trial_done(trial.number, TrialSummary.from_dict(twin.user_attrs["summary"]), None,
                                      self.progress.left(), self.progress.eta())
-        return values
+        return Outcome(COMPLETE, values, attrs, constraints)
 
-    def _summarise(self, study: Study, trial: Trial, result: TrialResult, is_baseline: bool) -> TrialSummary:
+    def _summarise(self, study: Study, result: TrialResult, is_baseline: bool) -> Outcome:
         exp = self.exp
         metric = exp.objectives.quality_metric
         energy = result.energy_for_scope(exp.objectives.energy_scope)
@@ -177,7 +198,7 @@ class Objective:
         if is_baseline:
             base_energy, base_quality, base_test = energy, quality, test_quality
         else:
-            base = studies.baseline_trial(study)
+            base = self._baseline(study)
             if base is None:
                 raise GreenknobsError("the baseline trial has not completed; nothing to compare against")
             base_energy, base_quality = base.values
@@ -187,8 +208,6 @@ class Objective:
         trivial_key = self.pipeline.trivial_metrics.get(metric)
         trivial = validation.get(trivial_key) if trivial_key else None  # the guard reads validation only
         constraints = constraint_values(exp, quality, trivial, rel["quality_retained_pct"])
-        for name, value in constraints.items():
-            trial.set_constraint(name, value)
         summary = TrialSummary(
             energy_j=energy, scope=exp.objectives.energy_scope, metric=metric, quality=quality,
             provenance=result.provenance, meter=result.meter,
@@ -198,21 +217,28 @@ class Objective:
             test_quality=test_quality, test_quality_retained_pct=test_rel["quality_retained_pct"],
             attribution=self._attribution(result),
             carbon_g=result.carbon_g() or {}, net_energy_j=result.net_energy_j())
-        trial.set_user_attr("result", json.loads(json.dumps(result.to_dict(), default=str)))
-        trial.set_user_attr("summary", json.loads(json.dumps(summary.to_dict(), default=str)))
-        return summary
+        attrs = {"result": json.loads(json.dumps(result.to_dict(), default=str)),
+                 "summary": json.loads(json.dumps(summary.to_dict(), default=str))}
+        return Outcome(COMPLETE, (summary.energy_j, summary.quality), attrs, constraints)
 
-    def _stopped(self, trial: Trial, run_id: str, exc: HopelessTrial, started: float) -> TrialStopped:
-        trial.set_user_attr("stop_reason", str(exc))
+    def _baseline(self, study: Study) -> FrozenTrial | None:
+        """The study's completed baseline, read once: it never changes, and a result summarised
+        during a database outage must not need the database."""
+        if self._base is None:
+            self._base = studies.baseline_trial(study)
+        return self._base
+
+    def _stopped(self, trial: Trial, run_id: str, exc: HopelessTrial, started: float,
+                 spent: dict[str, Any]) -> Outcome:
         self.tracker.stop_trial(run_id, str(exc))
         self.current_run = None
         self.progress.finished(started)
         if self.reporter:
             self.reporter.trial_done(trial.number, None, str(exc), self.progress.left(), self.progress.eta(),
                                      stopped=True)
-        return TrialStopped(str(exc))
+        return Outcome(PRUNED, attrs={"stop_reason": str(exc), "spent": spent})
 
-    def _failed(self, trial: Trial, run_id: str, exc: BaseException, started: float) -> TrialFailed | TrialStopped:
+    def _failed(self, trial: Trial, run_id: str, exc: BaseException, started: float, spent: dict[str, Any]) -> Outcome:
         """Record a failure everywhere (Optuna, MLflow with the traceback, the console) and decide
         whether the search can go on: the same unexpected error several trials in a row is a bug.
 
@@ -221,20 +247,18 @@ class Objective:
         (TPE and NSGA-II ignore FAIL trials, and would propose it again and again)."""
         infeasible = isinstance(exc, IncompatibleKnobs)
         reason = f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr("fail_reason", ("infeasible: " if infeasible else "") + str(exc))
-        trial.set_user_attr("fail_type", type(exc).__name__)
+        attrs = {"fail_reason": ("infeasible: " if infeasible else "") + str(exc), "fail_type": type(exc).__name__,
+                 "spent": spent}
         self.tracker.fail_trial(run_id, reason, infeasible, traceback.format_exc())
         self.current_run = None
         self.progress.finished(started)
         if self.reporter:
             self.reporter.trial_done(trial.number, None, reason, self.progress.left(), self.progress.eta())
         if infeasible and not trial.user_attrs.get("baseline"):  # a baseline that cannot run ends the search
-            for name in constraint_names(self.exp):
-                trial.set_constraint(name, 1.0)
-            return TrialStopped(reason)
+            return Outcome(PRUNED, attrs=attrs, constraints={name: 1.0 for name in constraint_names(self.exp)})
         if not infeasible:
             self.policies.streak.failed(exc, reason, trial.number)
-        return TrialFailed(reason)
+        return Outcome(FAIL, attrs=attrs)
 
     # -- facts about where the trial ran ----------------------------------------------------------
     def _gpu_alone(self, when: str) -> None:

@@ -147,15 +147,12 @@ class TwinReuse:
         return studies.completed_twin(study, values, trial.number)
 
     @staticmethod
-    def adopt(trial: Trial, twin: FrozenTrial) -> tuple[float, float]:
-        """The twin's result and constraints on this trial, marked ``duplicate_of``; its objective values."""
-        for key in ("result", "summary"):
-            trial.set_user_attr(key, twin.user_attrs[key])
-        trial.set_user_attr("duplicate_of", twin.number)
-        trial.set_user_attr("spent", {"energy_j": 0.0, "phases": {}, "provenance": "none (result reused)"})
-        for name, value in twin.user_attrs["summary"].get("constraints", {}).items():
-            trial.set_constraint(name, value)
-        return twin.values[0], twin.values[1]
+    def adopt(twin: FrozenTrial) -> tuple[tuple[float, float], dict[str, Any], dict[str, float]]:
+        """What a duplicate takes from its twin: the objective values, the attributes (its result,
+        marked ``duplicate_of``, nothing spent) and the constraints."""
+        attrs = {key: twin.user_attrs[key] for key in ("result", "summary")}
+        attrs.update(duplicate_of=twin.number, spent={"energy_j": 0.0, "phases": {}, "provenance": "none (result reused)"})
+        return (twin.values[0], twin.values[1]), attrs, dict(twin.user_attrs["summary"].get("constraints", {}))
 
 
 class FailureStreak:

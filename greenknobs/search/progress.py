@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from greenknobs.config import Experiment
@@ -29,6 +29,8 @@ class SearchOutcome:
     failed: int
     stopped_by: str = "trial budget"  # what ended it: the trial budget, the energy budget, the timeout, the plan
     spent_j: float = 0.0  # everything the study has spent so far (trials, failures, stopped trials, warm-ups)
+    # what this worker rode out: database outages, deferred MLflow logging (search/outages.py, tracking.py)
+    outages: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Progress:

@@ -26,7 +26,7 @@ from greenknobs.runtime import detect_runtime
 from greenknobs.search import study as studies
 from greenknobs.search.coordination import worker_identity
 from greenknobs.search.figures import constraint_names, constraint_values, relative_figures, trivial_bar
-from greenknobs.search.objective import Objective, Policies, TrialFailed, TrialStopped
+from greenknobs.search.objective import Objective, Outcome, Policies
 from greenknobs.search.policies import (
     REACH_MIN_TRIALS,
     REACH_SAFETY,
@@ -41,7 +41,7 @@ from greenknobs.search.progress import Progress, Reporter, SearchOutcome
 from greenknobs.search.study import Study, Trial
 from greenknobs.search.worker import Worker, measure_idle
 
-__all__ = ["Search", "SearchOutcome", "Reporter", "TrialStopped", "TrialFailed", "study_carbon_intensity",
+__all__ = ["Search", "SearchOutcome", "Reporter", "Outcome", "study_carbon_intensity",
            "measure_idle", "relative_figures", "trivial_bar", "constraint_names", "constraint_values",
            "SAME_ERROR_LIMIT", "REACH_SAFETY", "REACH_MIN_TRIALS"]
 
@@ -65,8 +65,10 @@ class Search:
     """
 
     def __init__(self, exp: Experiment, tracker, reporter: Reporter | None = None, *, isolation: bool = False,
-                 heartbeat_s: float = studies.HEARTBEAT_S, grace_s: float = studies.GRACE_S, gpu: str | None = None):
+                 heartbeat_s: float = studies.HEARTBEAT_S, grace_s: float = studies.GRACE_S, gpu: str | None = None,
+                 db_retry_s: float | None = None):
         self.exp = exp
+        self.db_retry_s = db_retry_s  # how long a database outage is waited out (None: outages.DEFAULT_WINDOW_S)
         self.isolation = isolation
         self.tracker = tracker
         self.reporter = reporter
@@ -102,8 +104,19 @@ class Search:
                               gpu=self.gpu)
         worker = Worker(exp, self.tracker, self.reporter, objective, progress, isolation=self.isolation,
                         heartbeat_s=self.heartbeat_s, grace_s=self.grace_s, identity=self.worker,
-                        meter_choice=self.meter_choice, make_meter=self._meter)
+                        meter_choice=self.meter_choice, make_meter=self._meter, db_retry_s=self.db_retry_s)
+        self._worker = worker
         try:
             return worker.run()
         finally:
             self.study, self.requeued = worker.study, worker.requeued
+
+    def settle_logging(self) -> bool:
+        """After the front is published: wait (up to the retry window) for MLflow logging deferred
+        during an outage to catch up, and record on the study the run ids that replaced
+        placeholders. True when MLflow holds everything."""
+        worker = getattr(self, "_worker", None)
+        if worker is None or worker.study is None or not hasattr(self.tracker, "flush"):
+            return True
+        worker.settle_logging(worker.study)
+        return not self.tracker.deferred
