@@ -26,6 +26,7 @@ from typing import Any
 
 from greenknobs.config import Experiment, check_inputs
 from greenknobs.errors import GreenknobsError, ServiceOutage
+from greenknobs.meters import create_meter
 from greenknobs.meters.base import EnergyMeter
 from greenknobs.meters.noise import measure_idle_power
 from greenknobs.phases import PhaseResult, combine_provenance
@@ -63,12 +64,12 @@ def _freeze_long_lived() -> None:
         _FROZEN = True
 
 
-def measure_idle(exp: Experiment, make_meter: Callable[[], EnergyMeter]) -> dict[str, Any] | None:
+def measure_idle(exp: Experiment, make_meter: Callable[[], EnergyMeter] | None = None) -> dict[str, Any] | None:
     """Idle power over ``meter.idle_baseline_s`` seconds before the study (for net energy), with
     the meter and provenance behind it."""
     if exp.meter.idle_baseline_s <= 0:
         return None
-    meter = make_meter()
+    meter = make_meter() if make_meter is not None else create_meter(exp.meter.name, exp.meter.params)
     try:
         return measure_idle_power(meter, exp.meter.idle_baseline_s)
     finally:
