@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy
 
@@ -83,7 +84,7 @@ def check_sqlite_intact(path: str, what: str) -> None:
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=30)
         try:
             verdict = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
         finally:

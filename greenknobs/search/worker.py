@@ -171,8 +171,11 @@ class Worker:
         self._record_run_ids(study)
 
     def _record_run_ids(self, study: Study) -> None:
+        resolved = self.tracker.resolved()
+        if not resolved:  # the common case: MLflow never went away
+            return
         known = studies.run_aliases(study)
-        new = {k: v for k, v in self.tracker.resolved().items() if known.get(k) != v}
+        new = {k: v for k, v in resolved.items() if known.get(k) != v}
         if new:
             studies.record_run_ids(study, new)
 
