@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
-from greenknobs.errors import GreenknobsError
+from greenknobs.errors import GreenknobsError, ServiceOutage
 from greenknobs.processes import termination_as_interrupt
 
 EXIT_USAGE = 2
+EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: a service stayed away longer than we wait; restarting the worker is right
 
 
 class ConsoleReporter:
@@ -155,7 +157,7 @@ def cmd_search(args) -> int:
     exp = _load(args)
     tracker = Tracker(exp.mlflow_uri, exp.name)
     runner = Search(exp, tracker, ConsoleReporter(exp.objectives.quality_metric), heartbeat_s=args.heartbeat_s,
-                    grace_s=args.grace_s, gpu=args.gpu)
+                    grace_s=args.grace_s, gpu=args.gpu, db_retry_s=args.db_retry_s)
     try:
         with termination_as_interrupt():
             outcome = runner.run()
@@ -166,18 +168,24 @@ def cmd_search(args) -> int:
         return 130
     front = publish(exp, outcome.study, tracker)
     tracker.end_study()
-    counts = tracker.counts()
+    caught_up = runner.settle_logging()  # logging deferred by an MLflow outage: replayed, or kept for later
     print(f"\nPareto front (feasible, from Optuna) — {len(front.rows)} point(s) of "
           f"{len(front.all_rows)} trials ({outcome.ran} new, {outcome.failed} failed; stopped by the "
           f"{outcome.stopped_by}):")
     print(render_front(front.rows))
     print("\nResults:")
     print(f"  Optuna study : {exp.name} in {mask_password(exp.storage)}")
-    print(f"  MLflow       : {exp.mlflow_uri} (experiment {exp.name!r}: {counts['parents']} study run, "
-          f"{counts['children']} trial runs) — browse with `greenknobs ui {args.experiment}`")
+    if caught_up:
+        counts = tracker.counts()
+        print(f"  MLflow       : {exp.mlflow_uri} (experiment {exp.name!r}: {counts['parents']} study run, "
+              f"{counts['children']} trial runs) — browse with `greenknobs ui {args.experiment}`")
+    else:
+        print(f"  MLflow       : {exp.mlflow_uri} is unreachable: {tracker.pending} log records kept in "
+              f"{tracker.spool_dir}, replayed by the next greenknobs command here that opens it")
     for key, path in front.files.items():
         print(f"  {key:<13}: {path}")
     _print_cost(front.cost)
+    _print_outages([o for o in outcome.outages if "records" not in o] + tracker.outages())  # MLflow's: as of now
     print(f"\nNext: `greenknobs ablate {args.experiment}` (each knob alone, with repeats) and "
           f"`greenknobs report {args.experiment}` (the sustainability report).")
     return 0
@@ -193,6 +201,23 @@ def _print_cost(pb) -> None:
               f"a month ({d['stated']}); a saving inside the noise floor counts as none ({pb.noise['source']})")
     for p in pb.per_recommendation:
         print(f"  {p['kind']} (trial {p['trial']}): {p['training_verdict']}, {p['prediction_verdict']}; {p['verdict']}")
+
+
+def _print_outages(outages: list[dict[str, Any]]) -> None:
+    """What this worker rode out, one line each (benchmarks/outages.py reads these lines)."""
+    if not outages:
+        return
+    print("\nOutages ridden out by this worker:")
+    for o in outages:
+        began = time.strftime("%H:%M:%S", time.localtime(o["began"]))
+        if "records" in o:  # the tracking server: logging deferred, then replayed
+            state = (f"caught up at {time.strftime('%H:%M:%S', time.localtime(o['ended']))}" if o.get("ended")
+                     else "not caught up yet")
+            print(f"  {o['service']}: logging deferred at {began} for {o['seconds']:.1f} s, {o['records']} records "
+                  f"kept, {o['replayed']} replayed; {state} ({o['cause']})")
+        else:
+            print(f"  {o['service']}: unreachable at {began} for {o['seconds']:.1f} s ({o['retries']} retries; "
+                  f"{o['cause']})")
 
 
 def cmd_ablate(args) -> int:
@@ -344,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "lifetime, the only device CUDA sees; trials fail if another process uses it")
     s.add_argument("--grace-s", type=float, default=300.0,
                    help="a trial silent this long is taken for dead, failed and re-queued (default 300)")
+    s.add_argument("--db-retry-s", type=float, default=120.0,
+                   help="how long a database outage (a restart, a fail-over) is waited out before this worker stops "
+                        "with exit code 75; a restarted worker carries on from the study (default 120)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("pareto", help="print the Pareto front of an experiment's study")
@@ -400,9 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "search" and args.trials is not None and args.trials < 1:
         print("greenknobs: error: --trials: must be >= 1", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "search" and not args.db_retry_s >= 0:
+        print("greenknobs: error: --db-retry-s: must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
+    except ServiceOutage as exc:  # a service stayed away longer than we wait: one line, restartable
+        print(f"greenknobs: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_TEMPFAIL
     except GreenknobsError as exc:  # bad input, an unusable backend: one line naming the key or URL
         print(f"greenknobs: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE

@@ -330,8 +330,11 @@ def _meter(raw: Any) -> MeterConfig:
     raw = _mapping(raw, "meter")
     _reject_unknown(raw, ("name", "params", "idle_baseline_s", "spread_warning"), "meter")
     name = raw.get("name", "auto")
-    if not isinstance(name, str) or (name != "auto" and name not in METERS):
+    if not isinstance(name, str):
         raise ConfigError("meter.name", f"unknown meter {shown(name)}; known: auto, {', '.join(METERS)}")
+    from greenknobs.meters import meter_type  # a registered name or a user's module:Class (meters/registry.py)
+
+    meter_cls = None if name == "auto" else meter_type(name)  # one line naming meter.name if it does not load
     params = _mapping(raw.get("params"), "meter.params")
     if name in ("auto", "cpu-model", "composite"):  # the cpu-model's parameters (also a composite's CPU part)
         allowed = tuple(CPU_MODEL_PARAMS) if name == "cpu-model" else (*CPU_MODEL_PARAMS, "gpu")
@@ -342,8 +345,9 @@ def _meter(raw: Any) -> MeterConfig:
                     raise ConfigError("meter.params.gpu", f"expected auto, {' or '.join(GPU_METERS)}, got {shown(v)}")
             else:
                 _number(v, f"meter.params.{k}", low=0)
-    else:  # another backend: its constructor's keyword arguments
-        signature = inspect.signature(METERS[name].__init__).parameters.values()
+    else:  # another backend (a user's too): its constructor's keyword arguments
+        assert meter_cls is not None
+        signature = inspect.signature(meter_cls.__init__).parameters.values()
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature):
             _reject_unknown(params, tuple(p.name for p in signature if p.name != "self"), "meter.params")
     return MeterConfig(

@@ -41,3 +41,9 @@ class KnobNotApplied(KnobError):
 class TrialUsageError(GreenknobsError):
     """User code used the trial API wrongly (a phase opened twice, no validation quality, a knob
     asked for that the experiment does not declare and that has no default): one line saying what."""
+
+
+class ServiceOutage(GreenknobsError):
+    """A service the search depends on (the study's database) stayed unreachable longer than the
+    worker waits for it. Not bad input: the CLI exits with EX_TEMPFAIL (75), so a scheduler may
+    restart the worker, which carries on from the study."""

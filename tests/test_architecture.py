@@ -18,7 +18,7 @@ PKG = ROOT / "greenknobs"
 LAYERS: list[tuple[str, ...]] = [
     ("greenknobs.cli", "greenknobs.__main__", "greenknobs.api"),
     ("greenknobs.search",),
-    ("greenknobs.config", "greenknobs.tracking", "greenknobs.report"),
+    ("greenknobs.config", "greenknobs.tracking", "greenknobs.spool", "greenknobs.report"),
     ("greenknobs.pipeline", "greenknobs.trial", "greenknobs.phase_store"),
     ("greenknobs.knobs", "greenknobs.meters"),
     ("greenknobs.ml",),

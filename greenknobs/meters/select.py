@@ -19,10 +19,18 @@ from greenknobs.meters.cpu_model import DEFAULT_PARAMS as CPU_MODEL_DEFAULTS
 from greenknobs.meters.cpu_model import CpuModelMeter
 from greenknobs.meters.nvml import NvmlMeter
 from greenknobs.meters.rapl import RaplMeter
+from greenknobs.meters.registry import meter_class, registered_meters
 from greenknobs.meters.zeus_meter import ZeusMeter
 
+# the built-in backends (also registered under the greenknobs.meters entry-point group)
 METERS: dict[str, type[EnergyMeter]] = {
     m.name: m for m in (ZeusMeter, NvmlMeter, RaplMeter, CodeCarbonMeter, CpuModelMeter, CompositeMeter)}
+
+
+def meter_type(name: str) -> type[EnergyMeter]:
+    """The class behind a meter name: built-in, registered by a package, or ``module:Class``."""
+    return METERS[name] if name in METERS else meter_class(name)
+
 def auto_choice() -> tuple[str, str]:
     """(meter name, why) for ``meter: auto`` on this machine."""
     gpu, rapl = NvmlMeter.probe(), RaplMeter.probe()
@@ -60,7 +68,7 @@ def _build(name: str, params: dict[str, Any]) -> EnergyMeter:
         except (TypeError, ValueError):
             gpu.close()
             raise
-    return METERS[name](**params)
+    return meter_type(name)(**params)
 
 
 def create_meter(name: str = "auto", params: dict[str, Any] | None = None) -> EnergyMeter:
@@ -71,9 +79,8 @@ def create_meter(name: str = "auto", params: dict[str, Any] | None = None) -> En
         name, _ = auto_choice()
         if name not in ("cpu-model", "composite"):
             params = {}
-    if name not in METERS:
-        raise ConfigError("meter.name", f"unknown meter {name!r}; known: auto, {', '.join(METERS)}")
-    availability = METERS[name].probe()
+    cls = meter_type(name)  # an unknown name or a bad module:Class path: ConfigError naming meter.name
+    availability = cls.probe()
     if not availability.available:
         raise MeterUnavailable(f"meter {name!r} is unavailable here: {availability.reason}")
     try:
@@ -83,10 +90,17 @@ def create_meter(name: str = "auto", params: dict[str, Any] | None = None) -> En
 
 
 def meter_table() -> list[dict[str, Any]]:
-    """One row per backend: available here, what it covers, measured or modelled, and why not."""
+    """One row per backend (built-in or registered by a package): available here, what it covers,
+    measured or modelled, and why not."""
     chosen, _ = auto_choice()
     rows = []
-    for name, cls in METERS.items():
+    for name in registered_meters():
+        try:
+            cls = meter_type(name)
+        except ConfigError as exc:  # a package registered a meter that does not load
+            rows.append({"meter": name, "available": False, "auto": False, "measures": "", "provenance": "",
+                         "resolution_s": "", "reason": str(exc), "params": {}})
+            continue
         a = cls.probe()
         provenance = cls.provenance
         if name == "codecarbon":

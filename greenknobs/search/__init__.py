@@ -1,5 +1,6 @@
-"""The search: the Optuna study (study), running trials in it (runner), reading them back (rows)
-and publishing the front (publish)."""
+"""The search: the Optuna study (study), running trials in it (runner: the Search facade over
+objective, policies and worker), reading them back (rows), publishing the front (publish), and
+riding out outages of the services it uses (outages, coordination)."""
 
 from greenknobs.search.publish import Front, publish
 from greenknobs.search.runner import Search, SearchOutcome, constraint_values, relative_figures

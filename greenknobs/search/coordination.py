@@ -11,6 +11,9 @@ that recovers the trials of workers that died. The only module importing SQLAlch
 * a worker's identity (host, pid, process start time) stored on every trial it runs, so a
   restarted search on the same host recovers its own dead trials at once, without waiting for
   the heartbeat grace period.
+* ``DATABASE`` -- the retrier every call to the study's database goes through (outages.py): a
+  lost connection is waited out for the retry window; ``is_connection_error`` says which errors
+  are that. A damaged SQLite file is recognised (``damaged_sqlite``) and refused in one line.
 """
 
 from __future__ import annotations
@@ -20,17 +23,79 @@ import fcntl
 import hashlib
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy
 
 from greenknobs.errors import GreenknobsError
 from greenknobs.processes import Held, OwnerLock
+from greenknobs.search.outages import Retrier
 from greenknobs.urls import mask_password, sqlite_path
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The database went away (refused, reset, restarted, failed over), as opposed to a bad query:
+    SQLAlchemy's OperationalError / InterfaceError / disconnection, anywhere in the cause chain
+    (Optuna wraps them in StorageInternalError). A damaged SQLite file is not one."""
+    if damaged_sqlite(exc) is not None:
+        return False
+    for e in _chain(exc):
+        if isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                          sqlalchemy.exc.DisconnectionError)):
+            return True
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return True
+    return False
+
+
+# every call to the study's database: retried through an outage for the window (--db-retry-s)
+DATABASE = Retrier("the study's database", is_connection_error)
+
+_DAMAGE = ("database disk image is malformed", "file is not a database", "file is encrypted or is not a database")
+
+
+def damaged_sqlite(exc: BaseException) -> str | None:
+    """SQLite's words for a damaged or truncated database file, if that is what ``exc`` says."""
+    for e in _chain(exc):
+        text = str(getattr(e, "orig", None) or e).lower()
+        for words in _DAMAGE:
+            if words in text:
+                return words
+    return None
+
+
+def check_sqlite_intact(path: str, what: str) -> None:
+    """A damaged or truncated SQLite file is one clear line, before anything reads it."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=30)
+        try:
+            verdict = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):  # in use by another process: not our verdict to give
+            return
+        verdict = [str(exc)]
+    if verdict != ["ok"]:
+        raise GreenknobsError(f"{what}: the SQLite file is damaged ({'; '.join(verdict)[:200]}); restore it from a "
+                              "backup, or move it aside to start the study afresh")
 
 
 def _lock_key(study_name: str) -> int:
@@ -51,7 +116,8 @@ class StudyLock:
         if path is not None:
             self._path = Path(path + f".{hashlib.sha1(study_name.encode()).hexdigest()[:8]}.lock")
         elif storage_url.startswith("postgresql"):
-            self._engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool)
+            self._engine = sqlalchemy.create_engine(storage_url, poolclass=sqlalchemy.pool.NullPool,
+                                                    connect_args={"connect_timeout": 10})
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -62,13 +128,11 @@ class StudyLock:
                 if depth:
                     yield
                 elif self._engine is not None:
-                    with self._engine.connect() as conn:
-                        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(self.study_name)})
-                        try:
-                            yield
-                        finally:
-                            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.study_name)})
-                            conn.commit()
+                    conn = DATABASE.call(self._lock_connection, "take the study lock")
+                    try:
+                        yield
+                    finally:
+                        self._unlock(conn)
                 elif self._path is not None:
                     self._path.parent.mkdir(parents=True, exist_ok=True)
                     with open(self._path, "a+") as fh:
@@ -81,6 +145,28 @@ class StudyLock:
                     yield
             finally:
                 self._local.depth = depth
+
+    def _lock_connection(self):
+        assert self._engine is not None
+        conn = self._engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(self.study_name)})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _unlock(self, conn) -> None:
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(self.study_name)})
+            conn.commit()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # the server dropped the connection (a restart): an advisory lock dies with its session
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def close(self) -> None:
         if self._engine is not None:
@@ -154,7 +240,8 @@ class Heartbeat:
 
     def _run(self) -> None:
         while True:
-            with contextlib.suppress(Exception):  # a missed beat is tolerated; the grace period is long
+            # a missed beat is tolerated (the grace period is long): during an outage, skip it, do not wait
+            with contextlib.suppress(Exception), DATABASE.at_once():
                 self._storage.record_heartbeat(self._trial_id)
             if self._stop.wait(self._interval):
                 return

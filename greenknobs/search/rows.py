@@ -6,7 +6,7 @@ from typing import Any
 
 from greenknobs.config import Experiment
 from greenknobs.records import TrialRow
-from greenknobs.search.study import FrozenTrial, Study, front_trials
+from greenknobs.search.study import FrozenTrial, Study, front_trials, run_aliases
 
 # Where pipelines report the model's size (``ctx.detail`` in a phase), most specific first: the model
 # as served, as trained, as loaded and prepared. Each entry: (phase, detail path, size key).
@@ -40,7 +40,9 @@ def model_size(phases: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow:
+def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "", run_ids: dict[str, str] | None = None) -> TrialRow:
+    """``run_ids``: the MLflow run ids that replaced placeholders (runs created while the tracking
+    server was unreachable; see tracking.py)."""
     s: dict[str, Any] = t.user_attrs.get("summary", {})
     result = t.user_attrs.get("result", {})
     phases = result.get("phases", {})
@@ -78,7 +80,7 @@ def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow
         net_energy_j=(s.get("net_energy_j") or {}).get("total"),
         time_s=s.get("time_s"),
         fail_reason=t.user_attrs.get("fail_reason"),
-        mlflow_run_id=t.user_attrs.get("mlflow_run_id"),
+        mlflow_run_id=(run_ids or {}).get(t.user_attrs.get("mlflow_run_id", ""), t.user_attrs.get("mlflow_run_id")),
         spent_j=float((t.user_attrs.get("spent") or {}).get("energy_j", 0.0)),
         duplicate_of=t.user_attrs.get("duplicate_of"),
         reused_from=(result.get("reuse") or {}).get("from_trial") if (result.get("reuse") or {}).get("status") == "reused"
@@ -91,8 +93,10 @@ def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "") -> TrialRow
 
 
 def all_rows(study: Study, exp: Experiment) -> list[TrialRow]:
-    return [trial_row(t, exp, study.study_name) for t in study.get_trials(deepcopy=False)]
+    run_ids = run_aliases(study)
+    return [trial_row(t, exp, study.study_name, run_ids) for t in study.get_trials(deepcopy=False)]
 
 
 def front_rows(study: Study, exp: Experiment) -> list[TrialRow]:
-    return [trial_row(t, exp, study.study_name) for t in front_trials(study)]
+    run_ids = run_aliases(study)
+    return [trial_row(t, exp, study.study_name, run_ids) for t in front_trials(study)]

@@ -10,19 +10,26 @@ storage is the record: nothing lives only in this process.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from greenknobs.config import Experiment
-from greenknobs.errors import ConfigError, GreenknobsError
+from greenknobs.errors import ConfigError, GreenknobsError, ServiceOutage
 from greenknobs.knobs.base import KnobSetting
+from greenknobs.search.coordination import DATABASE, check_sqlite_intact, damaged_sqlite
 from greenknobs.urls import mask_password, normalise_db_url, sqlite_path
+
+T = TypeVar("T")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Heartbeats and the retry callback are marked experimental; they are what makes dead workers recoverable.
@@ -45,24 +52,100 @@ TrialPruned = optuna.TrialPruned
 
 
 # -- storage ---------------------------------------------------------------------------------
+class RetryingRDBStorage(RDBStorage):
+    """Optuna's RDBStorage riding out lost connections: every call that fails because the database
+    went away (a restart, a fail-over) is tried again with backoff for the retry window
+    (``coordination.DATABASE``), on a fresh connection (the pool pre-pings). That is safe because
+    each call is one transaction that either committed or did not: reads and attribute upserts
+    repeat harmlessly, a repeated parameter insert is ignored (unique key), and a repeated outcome
+    whose first commit did land is recognised below. A damaged SQLite file is one clear line."""
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        tries = 0
+
+        def once() -> bool:
+            nonlocal tries
+            tries += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except UpdateFinishedTrialError:
+                # an earlier try's commit landed and only its answer was lost: done, not an error
+                if tries > 1 and RDBStorage.get_trial(self, trial_id).state == state:
+                    return True
+                raise
+
+        return _call(self, once, "record a trial's outcome")
+
+
+_WHAT = {"create_new_study": "create the study", "_create_new_trial": "start a trial",
+         "create_new_trial": "start a trial", "_set_trial_param": "record a trial's knob values",
+         "set_trial_param": "record a trial's knob values", "set_trial_user_attr": "record a trial's attributes",
+         "set_trial_system_attr": "record a trial's attributes", "set_trial_intermediate_value": "record a trial's progress",
+         "set_study_user_attr": "record the study's attributes", "set_study_system_attr": "record the study's attributes",
+         "record_heartbeat": "record a heartbeat", "delete_study": "delete a study"}
+_READS = ("get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+          "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+          "get_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
+          "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids")
+
+
+def _call(storage: RDBStorage, fn: Callable[[], T], what: str) -> T:
+    try:
+        return DATABASE.call(fn, what)
+    except Exception as exc:
+        damage = damaged_sqlite(exc)
+        if damage is None:
+            raise
+        raise GreenknobsError(f"storage {mask_password(str(storage.url))}: the SQLite file is damaged ({damage}); "
+                              "restore it from a backup, or move it aside to start the study afresh") from None
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    base = getattr(RDBStorage, name)
+    what = _WHAT.get(name, "read the study")
+
+    @functools.wraps(base)
+    def method(self, *args, **kwargs):
+        return _call(self, lambda: base(self, *args, **kwargs), what)
+
+    return method
+
+
+for _name in (*_WHAT, *_READS):  # the calls Study and Optuna's cached storage make on the backend
+    setattr(RetryingRDBStorage, _name, _retried(_name))
+
+
 def make_storage(url: str, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S) -> RDBStorage:
-    """Any SQLAlchemy URL (the PostgreSQL driver normalised); SQLite files get their folder created.
+    """Any SQLAlchemy URL (the PostgreSQL driver normalised); SQLite files get their folder created,
+    and a damaged one is refused in one line. Lost connections are detected before use (pre-ping)
+    and calls ride out an outage for the retry window (RetryingRDBStorage).
 
     No stale-trial callback: Optuna's retry callback copies the dead attempt's user attributes
-    (its MLflow run, its energy) into the retry; the janitor (runner.py) re-queues with fresh ones."""
+    (its MLflow run, its energy) into the retry; the janitor (worker.py) re-queues with fresh ones."""
     url = normalise_db_url(url, "storage")
     path = sqlite_path(url)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_intact(path, f"storage {mask_password(url)}")
     try:
-        return RDBStorage(
+        return RetryingRDBStorage(
             url,
             heartbeat_interval=max(1, int(heartbeat_s)),
             grace_period=max(2, int(grace_s)),
-            engine_kwargs={"pool_pre_ping": True} if path is None else None,
+            engine_kwargs=_engine_kwargs(url) if path is None else None,
         )
     except Exception as exc:  # SQLAlchemy/driver errors: bad URL, server down, auth
         raise GreenknobsError(f"cannot open storage {mask_password(url)}: {_first_line(exc)}") from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """A pooled connection the server dropped (a restart) is found by a ping before use and
+    replaced; a connection attempt to a host that does not answer gives up after 10 s (and the
+    retry window takes over) instead of hanging."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
 
 
 def _first_line(exc: BaseException) -> str:
@@ -200,14 +283,20 @@ def waiting_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def fail_dead(study: optuna.Study, gone) -> list[FrozenTrial]:
+def fail_dead(study: optuna.Study, gone, grace_s: float = GRACE_S) -> list[FrozenTrial]:
     """Fail RUNNING trials whose worker died: silent longer than the grace period (Optuna's stale
-    check), or -- at once -- recorded by a worker of this host that no longer exists (``gone``)."""
+    check), or -- at once -- recorded by a worker of this host that no longer exists (``gone``).
+    Also a trial that never got a worker's name or a heartbeat within the grace period: started by
+    a call whose answer a database outage lost (the worker had asked, and asked again)."""
     storage = study._storage
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    before = {t.number for t in running}
     optuna.storages.fail_stale_trials(study)
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if gone(t.user_attrs.get("worker") or {}):
+        orphan = "worker" not in t.user_attrs and t.datetime_start is not None and \
+            (now - t.datetime_start).total_seconds() > grace_s
+        if orphan or gone(t.user_attrs.get("worker") or {}):
             with contextlib.suppress(Exception):  # it may have finished or been failed concurrently
                 storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
@@ -318,6 +407,72 @@ def tell(study: optuna.Study, trial: Trial, values: tuple[float, float] | None, 
         study.tell(trial, state=TrialState.FAIL)
     else:
         study.tell(trial, list(values))
+
+
+def note_progress(trial: Trial, key: str, value: Any) -> bool:
+    """Record an attribute of a running trial if the database answers now; during an outage the
+    trial goes on without waiting (its outcome carries the value). False when it was skipped."""
+    try:
+        with DATABASE.at_once():
+            trial.set_user_attr(key, value)
+        return True
+    except ServiceOutage:
+        return False
+
+
+def record_outcome(study: optuna.Study, trial: Trial | int, state: str, values: tuple[float, ...] | list[float] | None,
+                   attrs: dict[str, Any], constraints: dict[str, float]) -> str | None:
+    """Write a trial's outcome: attributes, constraints, then its state (complete, pruned, fail) and
+    values. ``trial`` is the running trial, or the number of one whose outcome a worker kept on disk
+    because the database was gone when it ended. Every write is an upsert, so writing an outcome
+    again is harmless. None when recorded; else why it could not be (a kept outcome whose trial was
+    meanwhile failed as the trial of a dead worker: its retry is queued)."""
+    if isinstance(trial, int):
+        trial = Trial(study, study._storage.get_trial_id_from_study_id_trial_number(study._study_id, trial))
+        why = _not_running(study, trial, state)
+        if why is not None or _recorded(study, trial, state):
+            return why
+    try:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        with warnings.catch_warnings():  # a constraint set before is kept (Optuna warns and ignores)
+            warnings.simplefilter("ignore")
+            for name, value in constraints.items():
+                trial.set_constraint(name, value)
+        tell(study, trial, (values[0], values[1]) if values else None, pruned=state == "pruned")
+    except (UpdateFinishedTrialError, ValueError):  # finished meanwhile: failed by a janitor after a long outage
+        why = _not_running(study, trial, state)
+        if why is None:
+            raise
+        return why
+    return None
+
+
+def _recorded(study: optuna.Study, trial: Trial, state: str) -> bool:
+    return study._storage.get_trial(trial._trial_id).state.name.lower() == state
+
+
+def _not_running(study: optuna.Study, trial: Trial, state: str) -> str | None:
+    """None while the trial runs (or already has this outcome: a call whose answer was lost);
+    else why its outcome cannot be written any more."""
+    current = study._storage.get_trial(trial._trial_id)
+    if current.state == TrialState.RUNNING or current.state.name.lower() == state:
+        return None
+    return f"trial {current.number} is {current.state.name} by now (its worker was taken for dead; its retry is queued)"
+
+
+def record_run_ids(study: optuna.Study, run_ids: dict[str, str]) -> None:
+    """The MLflow run ids that replaced placeholders (runs created while the tracking server was
+    unreachable): a trial's ``mlflow_run_id`` attribute can no longer change once it finished."""
+    for placeholder, run_id in run_ids.items():
+        study.set_user_attr(f"{RUN_ALIAS}{placeholder}", run_id)
+
+
+def run_aliases(study: optuna.Study) -> dict[str, str]:
+    return {k[len(RUN_ALIAS):]: v for k, v in study.user_attrs.items() if k.startswith(RUN_ALIAS)}
+
+
+RUN_ALIAS = "mlflow_run:"
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:

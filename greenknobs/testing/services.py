@@ -189,6 +189,16 @@ def _die_with_parent(sig: int) -> Callable[[], None] | None:
     return preexec
 
 
+def _death_signal(sig: int, restart: bool) -> Callable[[], None] | None:
+    """The parent-death signal for a server's first start (the context's thread), and for a restart
+    only from the main thread: the signal fires when the *starting thread* ends, and a restart is
+    often made from a helper thread (a test's fault injector). The watchdog still stops the server
+    when this process dies."""
+    if not restart or threading.current_thread() is threading.main_thread():
+        return _die_with_parent(sig)
+    return None
+
+
 _WATCHDOG = """
 import os, shutil, signal, sys, time
 parent, pgid, first, grace = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -314,6 +324,23 @@ class PostgresServer:
     superuser: str = SUPERUSER
     driver: str = "postgresql+psycopg2"
     _created: list[str] = field(default_factory=list, repr=False)
+    _control: Any = field(default=None, repr=False)  # (stop, start) of the postmaster, set by postgres_server
+
+    def stop(self) -> None:
+        """Stop the server as ``pg_ctl stop -m fast`` does (SIGINT to the postmaster: clients are
+        disconnected, a checkpoint written); its data stays, and ``start()`` brings it back."""
+        self._control[0]()
+
+    def start(self) -> None:
+        """Start the stopped server again, on the same port, data and password."""
+        self.pid = self._control[1]()
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """``pg_ctl restart -m fast``, optionally staying down ``down_s`` seconds in between."""
+        self.stop()
+        if down_s > 0:
+            time.sleep(down_s)
+        self.start()
 
     @property
     def url(self) -> str:
@@ -455,6 +482,30 @@ def postgres_server(workdir: Path, *, database: str = "greenknobs", password: st
     proc: subprocess.Popen | None = None
     watchdog: subprocess.Popen | None = None
     key: int | None = None
+    port = 0
+
+    def launch(restart: bool = False) -> bool:
+        """The postmaster on ``port``, watched; True once it accepts connections."""
+        nonlocal proc, watchdog
+        with log_path.open("a") as log:
+            proc = subprocess.Popen(
+                [str(bin_dir / "postgres"), "-D", str(data_dir), "-p", str(port), "-h", LOOPBACK,
+                 "-k", str(socket_dir)],
+                cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_death_signal(signal.SIGINT, restart),
+                **(_as_user(user) or {"env": _clean_env()}))
+        watchdog = _start_watchdog(proc.pid, signal.SIGINT, 20, cleanup)
+        return _wait_postgres(proc, port, startup_timeout_s)
+
+    def start_again() -> int:
+        if proc is not None and proc.poll() is None:
+            raise RuntimeError("PostgreSQL is already running")
+        if not _wait_port_free(port, 30) or not launch(restart=True):
+            text = _tail(log_path, 30)
+            stop_server()
+            raise RuntimeError(f"PostgreSQL did not start again on port {port}; log {log_path}:\n{text}")
+        assert proc is not None
+        return proc.pid
 
     def stop_server() -> None:
         if proc is not None and proc.poll() is None:
@@ -501,17 +552,10 @@ def postgres_server(workdir: Path, *, database: str = "greenknobs", password: st
 
         for _attempt in range(5):  # the free port may be taken between choosing and binding it: choose again
             port = free_port()
-            with log_path.open("a") as log:
-                proc = subprocess.Popen(
-                    [str(bin_dir / "postgres"), "-D", str(data_dir), "-p", str(port), "-h", LOOPBACK,
-                     "-k", str(socket_dir)],
-                    cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent(signal.SIGINT),
-                    **(_as_user(user) or {"env": _clean_env()}))
-            watchdog = _start_watchdog(proc.pid, signal.SIGINT, 20, cleanup)
+            started = launch()
             if key is None:
                 key = _register(stop)
-            if _wait_postgres(proc, port, startup_timeout_s):
+            if started:
                 break
             text = _tail(log_path, 30)
             stop_server()
@@ -522,8 +566,10 @@ def postgres_server(workdir: Path, *, database: str = "greenknobs", password: st
         else:
             raise RuntimeError(f"PostgreSQL found no free port in 5 attempts; log {log_path}:\n{_tail(log_path)}")
 
+        assert proc is not None
         server = PostgresServer(port=port, password=password, database=database, data_dir=data_dir,
-                                socket_dir=socket_dir, log_path=log_path, pid=proc.pid, bin_dir=bin_dir)
+                                socket_dir=socket_dir, log_path=log_path, pid=proc.pid, bin_dir=bin_dir,
+                                _control=(stop_server, start_again))
         server.execute_admin(f'CREATE ROLE "{APP_USER}" LOGIN PASSWORD %s', (password,))
         server.execute_admin(f'CREATE DATABASE "{database}" OWNER "{APP_USER}"')
         yield server
@@ -561,9 +607,18 @@ class MlflowServer:
     pid: int
     log_path: Path
     artifact_root: Path
+    _control: Any = field(default=None, repr=False)  # (stop, start), set by mlflow_server
 
     def __str__(self) -> str:
         return self.url
+
+    def stop(self) -> None:
+        """Stop the server (its whole process group); ``start()`` brings it back on the same port."""
+        self._control[0]()
+
+    def start(self) -> None:
+        """Start the stopped server again on the same port, over the same store and artifacts."""
+        self.pid = self._control[1]()
 
 
 def _get_json(url: str, timeout_s: float = 3.0) -> Any:
@@ -597,34 +652,49 @@ def mlflow_server(backend_store_uri: str, artifact_root: Path, *, proxy_artifact
             _end_watchdog(watchdog)
             _wait_port_free(port, 10)
 
+    def launch(restart: bool = False) -> bool:
+        """The server on ``port``, watched; True once it answers API calls."""
+        nonlocal proc, watchdog
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+               "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+        if proxy_artifacts:
+            cmd += ["--serve-artifacts", "--artifacts-destination", str(artifact_root)]
+        else:
+            cmd += ["--no-serve-artifacts", "--default-artifact-root", artifact_root.as_uri()]
+        with log_path.open("a") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True,
+                                    preexec_fn=_death_signal(signal.SIGTERM, restart))
+        watchdog = _start_watchdog(proc.pid, signal.SIGTERM, 15)
+        url = f"http://{LOOPBACK}:{port}"
+        deadline = time.monotonic() + startup_timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                _get_json(f"{url}/health")
+                _get_json(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+                return True
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.25)
+        return False
+
+    def start_again() -> int:
+        if proc is not None and proc.poll() is None:
+            raise RuntimeError("the MLflow server is already running")
+        if not _wait_port_free(port, 30) or not launch(restart=True):
+            text = _tail(log_path, 30)
+            stop()
+            raise RuntimeError(f"the MLflow server did not start again on port {port}; log {log_path}:\n{text}")
+        assert proc is not None
+        return proc.pid
+
     try:
         for _attempt in range(3):
             port = free_port()
             log_path = artifact_root.parent / f"mlflow-server-{port}.log"
-            cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-                   "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
-            if proxy_artifacts:
-                cmd += ["--serve-artifacts", "--artifacts-destination", str(artifact_root)]
-            else:
-                cmd += ["--no-serve-artifacts", "--default-artifact-root", artifact_root.as_uri()]
-            with log_path.open("a") as log:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
-            watchdog = _start_watchdog(proc.pid, signal.SIGTERM, 15)
+            started = launch()
             if key is None:
                 key = _register(stop)
-            url = f"http://{LOOPBACK}:{port}"
-            deadline = time.monotonic() + startup_timeout_s
-            ready = False
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    _get_json(f"{url}/health")
-                    _get_json(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
-                    ready = True
-                    break
-                except (urllib.error.URLError, OSError, ValueError):
-                    time.sleep(0.25)
-            if ready:
+            if started:
                 break
             text = _tail(log_path, 30)
             stop()
@@ -634,7 +704,9 @@ def mlflow_server(backend_store_uri: str, artifact_root: Path, *, proxy_artifact
                                f"log {log_path}:\n{text}")
         else:
             raise RuntimeError("the MLflow server found no free port in 3 attempts")
-        yield MlflowServer(url=url, port=port, pid=proc.pid, log_path=log_path, artifact_root=artifact_root)
+        assert proc is not None
+        yield MlflowServer(url=f"http://{LOOPBACK}:{port}", port=port, pid=proc.pid, log_path=log_path,
+                           artifact_root=artifact_root, _control=(stop, start_again))
     finally:
         try:
             stop()
