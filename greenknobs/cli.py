@@ -67,7 +67,8 @@ def _load(args) -> Any:
     if getattr(args, "quick", False):
         exp = exp.quick_variant()
     return exp.with_overrides(trials=getattr(args, "trials", None), storage=getattr(args, "storage", None),
-                              mlflow_uri=getattr(args, "mlflow_uri", None))
+                              mlflow_uri=getattr(args, "mlflow_uri", None),
+                              accept_changes=getattr(args, "accept_changes", None) or None)
 
 
 def cmd_validate(args) -> int:
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db-retry-s", type=float, default=120.0,
                    help="how long a database outage (a restart, a fail-over) is waited out before this worker stops "
                         "with exit code 75; a restarted worker carries on from the study (default 120)")
+    s.add_argument("--accept-changes", action="store_true",
+                   help="continue a study although its data, code or libraries changed since it started (recorded on "
+                        "the study; stored phase outputs are dropped)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("pareto", help="print the Pareto front of an experiment's study")

@@ -30,7 +30,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
 TOP_LEVEL = ("name", "description", "pipeline", "knobs", "objectives", "constraints", "budget", "sampler",
              "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless",
-             "report")
+             "report", "artifacts")
 QUICK_KEYS = ("trials", "timeout_s", "energy_j", "pipeline")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CLASS_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:ClassName
@@ -142,6 +142,8 @@ class Experiment:
     reuse: Reuse = field(default_factory=Reuse)
     stop_hopeless: StopHopeless = field(default_factory=StopHopeless)
     deployment: Deployment = field(default_factory=Deployment)
+    keep_artifacts: bool = False  # artifacts: {keep: true} keeps what frameworks write in a trial (checkpoints)
+    accept_changes: bool = False  # --accept-changes: continue a study whose data, code or libraries changed
 
     @property
     def searched_knobs(self) -> tuple[KnobSetting, ...]:
@@ -169,9 +171,15 @@ class Experiment:
                        energy_budget_j=q.get("energy_j", self.energy_budget_j))
 
     def with_overrides(self, trials: int | None = None, storage: str | None = None,
-                       mlflow_uri: str | None = None) -> Experiment:
+                       mlflow_uri: str | None = None, accept_changes: bool | None = None) -> Experiment:
         return replace(self, trials=trials if trials is not None else self.trials,
-                       storage=storage or self.storage, mlflow_uri=mlflow_uri or self.mlflow_uri)
+                       storage=storage or self.storage, mlflow_uri=mlflow_uri or self.mlflow_uri,
+                       accept_changes=self.accept_changes if accept_changes is None else accept_changes)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where frameworks write a trial's artefacts (one folder per trial; removed unless kept)."""
+        return self.results_dir / "trials"
 
 
 # -- parsing helpers -------------------------------------------------------------------------
@@ -467,7 +475,18 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(description),
         quick=quick, source=source, energy_budget_j=energy_budget_j, reuse=reuse, stop_hopeless=stop_hopeless,
         deployment=_deployment(raw.get("report")),
+        keep_artifacts=_artifacts(raw.get("artifacts")),
     )
+
+
+def _artifacts(raw: Any) -> bool:
+    """``artifacts: {keep: false}``: what frameworks write in a trial's folder is removed after it."""
+    raw = _mapping(raw, "artifacts")
+    _reject_unknown(raw, ("keep",), "artifacts")
+    keep = raw.get("keep", False)
+    if not isinstance(keep, bool):
+        raise ConfigError("artifacts.keep", "expected true or false")
+    return keep
 
 
 def _reuse(raw: Any) -> Reuse:

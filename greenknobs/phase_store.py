@@ -28,6 +28,7 @@ size: the least recently used entries go first. Entries are pickles: load only s
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,21 @@ class PhaseStore:
     def __init__(self, root: Path, max_bytes: int = 2 * 1024**3, lease_s: float = 3600.0):
         self.root = Path(root)
         self.max_bytes, self.lease_s = max_bytes, lease_s
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.disabled: str | None = None  # why reuse is off (a full disk, a read-only folder); the search goes on
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".writable.{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            self.disable(exc)
+
+    def disable(self, exc: OSError) -> None:
+        """Stop storing and loading: the folder cannot be written (full, read-only). Said once."""
+        if self.disabled is None:
+            self.disabled = f"{self.root}: {exc.strerror or exc}"
+            warnings.warn(f"phase-output reuse is off for this search: cannot write {self.disabled} "
+                          "(trials run in full; nothing else changes)", StoreUnavailableWarning, stacklevel=2)
 
     # -- reading -------------------------------------------------------------------------------------
     def _entry(self, key: str) -> Path:
@@ -72,6 +88,8 @@ class PhaseStore:
     def load(self, key: str) -> Entry | None:
         """A published entry; None if absent or corrupt (a corrupt entry is deleted, so the trial
         rebuilds it)."""
+        if self.disabled:
+            return None
         entry = self._entry(key)
         manifest_path = entry / "manifest.json"
         if not manifest_path.is_file():
@@ -102,7 +120,7 @@ class PhaseStore:
         return None
 
     def has(self, key: str) -> bool:
-        return (self._entry(key) / "manifest.json").is_file()
+        return not self.disabled and (self._entry(key) / "manifest.json").is_file()
 
     # -- claiming and publishing ---------------------------------------------------------------------
     def _claim_is_live(self, path: Path) -> bool:
@@ -125,7 +143,7 @@ class PhaseStore:
 
     def claim(self, key: str) -> bool:
         """Claim the right to build ``key`` (False: built already, or a live claim by another worker)."""
-        if self.has(key):
+        if self.disabled or self.has(key):
             return False
         path = self.root / f"{key}.claim"
         for _ in range(2):
@@ -161,11 +179,15 @@ class PhaseStore:
                 rng: dict[str, Any] | None = None) -> bool:
         """Write the entry to a temporary folder and rename it into place (atomic): True when this
         call published it, False when another worker's copy was there first (ours is dropped)."""
-        if self.has(key):
+        if self.disabled or self.has(key):
             self.release(key)
             return False
         blob = pickle.dumps({"ctx": ctx, "rng": rng}, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        except OSError as exc:
+            self.disable(exc)
+            return False
         try:
             (tmp / "context.pkl").write_bytes(blob)
             (tmp / "phases.json").write_text(json.dumps(
@@ -179,10 +201,28 @@ class PhaseStore:
             except OSError:  # already published by another worker
                 return False
             return True
+        except OSError as exc:  # the disk filled up, the folder turned read-only: reuse goes off
+            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM):
+                self.disable(exc)
+                return False
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             self.release(key)
             self.evict()
+
+    def clear(self) -> None:
+        """Drop every entry (the data or code they were built from changed, on purpose)."""
+        for entry in self.root.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for manifest in self.root.glob("*/manifest.json"):
+            with contextlib.suppress(OSError, ValueError):
+                total += int(json.loads(manifest.read_text()).get("bytes", 0))
+        return total
 
     # -- size bound ------------------------------------------------------------------------------------
     def evict(self) -> list[str]:
@@ -208,6 +248,10 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class StoreUnavailableWarning(UserWarning):
+    """The phase store cannot be written (full disk, read-only folder): reuse is off, the search goes on."""
 
 
 class ReuseSession:

@@ -39,7 +39,7 @@ import logging
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from greenknobs.errors import GreenknobsError
@@ -287,6 +287,10 @@ class Tracker:
         self._submit({"op": "log_batch", "run": run_id, "tags": [[k, v] for k, v in tags.items()],
                       "metrics": [[k, float(v), now, 0] for k, v in metrics.items() if isinstance(v, (int, float))]})
         self._submit({"op": "log_dict", "run": run_id, "data": _plain(result.to_dict()), "file": "trial_result.json"})
+        if result.inputs:  # the data files and models it read, with their content digests: MLflow's dataset tracking
+            self._submit({"op": "log_inputs", "run": run_id, "inputs": [
+                [Path(path).name, digest or "missing", path, json.dumps(_split_sizes(result))]
+                for path, digest in sorted(result.inputs.items())]})
         self._submit({"op": "log_dict", "run": run_id, "data": _plain(result.verifications),
                       "file": "knob_verification.json"})
         self._submit({"op": "set_terminated", "run": run_id, "status": "FINISHED"})
@@ -350,8 +354,8 @@ class Tracker:
         for p in cost.per_recommendation:
             key = "lowest" if p["kind"].startswith("lowest") else "knee"
             for name in ("saved_per_training_run_j", "saved_per_1k_predictions_j", "break_even_training_runs",
-                         "break_even_predictions"):
-                if p[name] is not None:
+                         "break_even_predictions", "months_to_repay", "saved_per_month_j"):
+                if p.get(name) is not None:
                     metrics[f"payback/{key}_{name}"] = p[name]
         self._submit({"op": "log_batch", "run": self.parent_id,
                       "metrics": [[k, float(v), now, 0] for k, v in metrics.items()],
@@ -598,6 +602,10 @@ class Tracker:
             client.log_table(run, data=op["data"], artifact_file=op["file"])
         elif kind == "log_artifact":
             client.log_artifact(run, op["path"], op["dir"])
+        elif kind == "log_inputs":
+            client.log_inputs(run, datasets=[DatasetInput(Dataset(name, digest[:32], "local", source, profile=profile),
+                                                          tags=[InputTag("mlflow.data.context", "trial")])
+                                             for name, digest, source, profile in op["inputs"]])
         elif kind == "kill":
             if client.get_run(run).info.status == "RUNNING":
                 client.set_tag(run, "state", "interrupted")
@@ -653,3 +661,10 @@ def ui_command(tracking_uri: str, port: int = 5000, host: str = "127.0.0.1") -> 
         cmd += ["--default-artifact-root", root]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return cmd, env
+
+
+def _split_sizes(result: TrialResult) -> dict[str, Any]:
+    """A dataset's profile as MLflow shows it: the rows each split had in this trial."""
+    data = result.phases.get("data")
+    examples = data.details.get("examples") if data is not None else None
+    return {"splits": examples} if isinstance(examples, dict) else {"samples": dict(result.samples)}

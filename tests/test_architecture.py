@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("greenknobs.ml",),
     ("greenknobs.devices",),
     ("greenknobs.context", "greenknobs.phases", "greenknobs.records", "greenknobs.runtime", "greenknobs.units",
+     "greenknobs.fingerprint",
      "greenknobs.errors", "greenknobs.processes", "greenknobs.urls"),
 ]
 OUTSIDE_LAYERS = ("greenknobs", "greenknobs.testing")  # the lazy public API and the shipped test support
@@ -31,7 +32,7 @@ OUTSIDE_LAYERS = ("greenknobs", "greenknobs.testing")  # the lazy public API and
 NO_TORCH = ("greenknobs.search", "greenknobs.config", "greenknobs.tracking", "greenknobs.report", "greenknobs.cli",
             "greenknobs.pipeline", "greenknobs.meters", "greenknobs.context", "greenknobs.phases",
             "greenknobs.records", "greenknobs.units", "greenknobs.errors", "greenknobs.devices", "greenknobs.processes",
-            "greenknobs.urls", "greenknobs.phase_store", "greenknobs.trial")
+            "greenknobs.urls", "greenknobs.phase_store", "greenknobs.trial", "greenknobs.fingerprint")
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "sklearn")
 # third-party library -> the one module (or package, for torch: the ml layer's substrate) that imports it
 OWNERS = {

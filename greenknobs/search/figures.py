@@ -4,12 +4,16 @@ the trivial predictor. Pure functions of the experiment and the numbers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from greenknobs.config import Experiment
 
 
-def relative_figures(exp: Experiment, energy_j: float, quality: float, base_energy_j: float,
-                     base_quality: float) -> dict[str, float]:
+def relative_figures(exp: Experiment, energy_j: float, quality: float | None, base_energy_j: float,
+                     base_quality: float | None) -> dict[str, Any]:
     saving = 100.0 * (1.0 - energy_j / base_energy_j) if base_energy_j > 0 else 0.0
+    if quality is None or base_quality is None:  # a split the code did not score (test is optional)
+        return {"energy_saving_pct": saving, "quality_retained_pct": None}
     if exp.objectives.quality_direction == "maximize":
         retained = quality / base_quality if base_quality else 0.0
     else:

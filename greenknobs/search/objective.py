@@ -26,6 +26,7 @@ from greenknobs.phases import TEST, VALIDATION, PhaseResult, TrialResult, combin
 from greenknobs.pipeline import Pipeline, run_trial
 from greenknobs.records import TrialSummary
 from greenknobs.runtime import Runtime
+from greenknobs.search import freshness
 from greenknobs.search import study as studies
 from greenknobs.search.coordination import HostWorkers
 from greenknobs.search.figures import constraint_names, constraint_values, relative_figures
@@ -143,13 +144,16 @@ class Objective:
                                idle_power=self.idle_power, carbon_intensity=self.carbon, store=self.store,
                                progress_check=None if is_baseline or self.isolation
                                else self.policies.hopeless.check_for(study, trial),
-                               trial_number=trial.number)
+                               trial_number=trial.number, workdir=exp.artifacts_dir / str(trial.number),
+                               keep_artifacts=exp.keep_artifacts)
             self._gpu_alone("after")
             extra = (result.reuse.get("load_j") or 0.0) * (result.reuse.get("status") != "reused") + \
                 (result.reuse.get("publish_j") or 0.0)  # the store's own reads and writes, outside the phases
             if extra:
                 spent["j"] += extra
             outcome = self._summarise(study, result, is_baseline)
+            # what shaped this result (data and model content, code, libraries): a later run checks it
+            outcome.attrs["produced_from"] = freshness.of(self.pipeline, result.inputs)
             outcome.attrs["spent"] = spent_attr(**({"store_j": extra} if extra else {}))
             summary = TrialSummary.from_dict(outcome.attrs["summary"])
             self.tracker.finish_trial(run_id, result, summary)
@@ -166,6 +170,14 @@ class Objective:
         self.current_run = None
         self.progress.finished(started)
         if self.reporter:
+            if is_baseline:  # said once: what the search cannot do for this code, and how to let it
+                for name, state in result.safeguards.items():
+                    if not state.startswith("on"):
+                        self.reporter.note(trial.number, f"safeguard {name.replace('_', ' ')} {state}")
+            if result.artifacts.get("bytes"):
+                self.reporter.note(trial.number, f"artefacts written in the trial: {result.artifacts['files']} files, "
+                                                 f"{result.artifacts['bytes'] / 1e6:.1f} MB "
+                                                 f"({'kept in ' + result.artifacts['dir'] if result.artifacts['kept'] else 'removed'})")
             if result.reuse.get("status") == "reused":
                 self.reporter.note(trial.number, f"{', '.join(result.reuse['phases'])} reused from trial "
                                                  f"{result.reuse.get('from_trial', '?')} (loaded for "
@@ -193,8 +205,8 @@ class Objective:
         exp = self.exp
         metric = exp.objectives.quality_metric
         energy = result.energy_for_scope(exp.objectives.energy_scope)
-        validation, test = result.quality[VALIDATION], result.quality[TEST]
-        quality, test_quality = validation[metric], test[metric]
+        validation, test = result.quality[VALIDATION], result.quality.get(TEST, {})
+        quality, test_quality = validation[metric], test.get(metric)  # test: held out, and optional for your code
         if is_baseline:
             base_energy, base_quality, base_test = energy, quality, test_quality
         else:

@@ -366,6 +366,15 @@ def spent_j(study: optuna.Study) -> float:
     return trials + overhead_j(study)
 
 
+def recorded_fingerprint(study: optuna.Study) -> dict[str, Any] | None:
+    """What the study's results were produced from: an accepted change's fingerprint, else the
+    latest completed trial's (its data and model digests, code digest, library versions)."""
+    if study.user_attrs.get("produced_from"):
+        return study.user_attrs["produced_from"]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("produced_from")]
+    return max(done, key=lambda t: t.number).user_attrs["produced_from"] if done else None
+
+
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
 

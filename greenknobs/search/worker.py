@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from greenknobs import fingerprint
 from greenknobs.config import Experiment, check_inputs
 from greenknobs.errors import GreenknobsError, ServiceOutage
 from greenknobs.meters import create_meter
@@ -31,6 +32,7 @@ from greenknobs.meters.base import EnergyMeter
 from greenknobs.meters.noise import measure_idle_power
 from greenknobs.phases import PhaseResult, combine_provenance
 from greenknobs.pipeline import run_trial
+from greenknobs.search import freshness
 from greenknobs.search import study as studies
 from greenknobs.search.coordination import (
     DATABASE,
@@ -187,6 +189,7 @@ class Worker:
         exp = self.exp
         with lock.held():
             study = studies.open_study(exp, heartbeat_s=self.heartbeat_s, grace_s=self.grace_s)
+            self._check_fresh(study)  # the same data, code and libraries the study started on, or refused
             studies.name_objectives(study, exp)
             parent = self.tracker.start_study(exp, study.study_name, carbon=self.objective.carbon,
                                               idle_power=self.objective.idle_power, meter=self.meter_choice,
@@ -209,6 +212,28 @@ class Worker:
             study.sampler = studies._sampler(exp, studies.sampler_seed(exp, len(workers)))
         self.study = study
         return study
+
+    def _check_fresh(self, study: Study) -> None:
+        """A study continues only on what its results were produced from: data and model content,
+        code, library versions. A change refuses with one line, unless accepted (--accept-changes):
+        then recorded on the study, and the stored phase outputs (built from the old) dropped."""
+        recorded = studies.recorded_fingerprint(study)
+        if not recorded:
+            return
+        pipeline = self.objective.pipeline
+        changed = freshness.changes(recorded, pipeline)
+        if not changed:
+            return
+        if not self.exp.accept_changes:
+            raise freshness.refusal(self.exp.name, changed)
+        now = freshness.of(pipeline, fingerprint.digests(recorded.get("inputs", {})))
+        study.set_user_attr("accepted_changes", [*study.user_attrs.get("accepted_changes", []),
+                                                 freshness.acceptance(changed)])
+        study.set_user_attr("produced_from", now)
+        if self.objective.store is not None:
+            self.objective.store.clear()
+        self._note(f"continuing on purpose although {'; '.join(changed)} changed (recorded on the study); stored "
+                   "phase outputs dropped")
 
     def _warm_up(self) -> None:
         """Pay this process's one-off costs (imports, first loads) on a small unmeasured run before
