@@ -315,7 +315,7 @@ def cmd_knobs(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    print(_table(rows, ["name", "phase", "default", "space", "devices", "verifies"]))
+    print(_table(rows, ["name", "phase", "default", "space", "devices", "acts_on", "verifies"]))
     print(f"\n{len(rows)} knobs")
     return 0
 

@@ -382,7 +382,8 @@ def test_the_search_can_check_progress_during_training(pipeline, cpu_runtime):
     # the steps leave the scoring out too (measured inside the trial's own window for it, so a few mJ
     # of window overhead per check stay in); left in, they would exceed the phase by the whole scoring
     steps = training.details["energy_breakdown"]
-    assert sum(steps[k]["energy_j"] for k in ("dense", "pruning", "finetune")) <= training.energy_j * 1.1
+    scoring = training.details["spent_j"] - training.energy_j
+    assert sum(steps[k]["energy_j"] for k in ("dense", "pruning", "finetune")) < training.energy_j + 0.5 * scoring
 
 
 def test_image_folder(tmp_path, cpu_runtime):

@@ -250,6 +250,8 @@ class Knob(ABC):
             "devices": "/".join(self.devices),
             "verifies": self.verifies,
             "description": self.description,
+            # what it acts on when code hands objects over ("-": a setting your code reads)
+            "acts_on": ", ".join(self.acts_on) or ("-" if not self.watches else f"(watches {', '.join(self.watches)})"),
         }
 
 
