@@ -34,7 +34,9 @@ EXPERIMENT = "experiments/bbc-news-minilm.yaml"
 
 
 def run_revision(label: str, code_root: Path, work: Path, args) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    # the same OpenMP wait policy for both (the newer code sets PASSIVE itself; the older did not): the
+    # comparison is then of the code, not of how its threads wait
+    env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_WAIT_POLICY": "PASSIVE"}
     extra = ["--quick"] if args.quick else []
     if args.trials:
         extra += ["--trials", str(args.trials)]
