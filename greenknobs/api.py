@@ -34,10 +34,11 @@ def optimize(fn: Callable[[Trial], Any], experiment: str | Path, *, trials: int 
     if quick:
         exp = exp.quick_variant()
     exp = exp.with_overrides(trials=trials, storage=storage, mlflow_uri=mlflow_uri)
-    if reporter is None:
+    if reporter is None:  # the console's progress, as `greenknobs search` prints it (False: none)
         from greenknobs.cli import ConsoleReporter
 
         reporter = ConsoleReporter(exp.objectives.quality_metric)
+    reporter = reporter or None
     tracker = Tracker(exp.mlflow_uri, exp.name)
     outcome = Search(exp, tracker, reporter).run()
     front = publish(exp, outcome.study, tracker)

@@ -185,6 +185,11 @@ def cmd_search(args) -> int:
               f"{tracker.spool_dir}, replayed by the next greenknobs command here that opens it")
     for key, path in front.files.items():
         print(f"  {key:<13}: {path}")
+    store = runner.store
+    if store is not None:  # bounded (reuse.max_gb; least recently used entries go first)
+        state = f"off: {store.disabled}" if store.disabled else (f"{store.size_bytes() / 1e6:,.0f} MB of "
+                                                                  f"{store.max_bytes / 1e9:g} GB")
+        print(f"  phase store  : {store.root} ({state})")
     _print_cost(front.cost)
     _print_outages([o for o in outcome.outages if "records" not in o] + tracker.outages())  # MLflow's: as of now
     print(f"\nNext: `greenknobs ablate {args.experiment}` (each knob alone, with repeats) and "

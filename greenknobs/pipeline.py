@@ -22,7 +22,7 @@ import runpy
 import shutil
 import sys
 import tempfile
-from abc import ABC
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -112,6 +112,37 @@ class Pipeline(ABC):
             trial.run_phase(phase, _phase_method(self, trial, phase), repeatable=phase in self.repeatable_phases)
             trial.ctx.phase = None
         return None
+
+
+class PhasedPipeline(Pipeline):
+    """A pipeline written on the trial as user code is, with one method per phase taking the trial
+    (``data``, ``model``, ``system``, ``training``) and ``serve(trial, split)``: each phase runs through
+    ``trial.run_phase`` (its output reusable by later trials), validation is served in the inference
+    phase and the test split in the held-out window, outside the objective. The built-ins are these."""
+
+    def run(self, trial: Trial) -> None:
+        trial.run_phase("data", self.data, trial)
+        trial.run_phase("model", self.model, trial)
+        trial.run_phase("system", self.system, trial)
+        trial.run_phase("training", self.training, trial)
+        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
+        with trial.held_out():
+            self.serve(trial, "test")
+
+    @abstractmethod
+    def data(self, trial: Trial) -> None: ...
+
+    @abstractmethod
+    def model(self, trial: Trial) -> None: ...
+
+    @abstractmethod
+    def system(self, trial: Trial) -> None: ...
+
+    @abstractmethod
+    def training(self, trial: Trial) -> None: ...
+
+    @abstractmethod
+    def serve(self, trial: Trial, split: str) -> None: ...
 
 
 # -- the registry ----------------------------------------------------------------------------------

@@ -101,7 +101,6 @@ class Trial:
         self._outputs: dict[str, Any] = {}
         self._asked: set[str] = set()
         self._restoring = False
-        self._finished = False
         self._progress_asked = False
         self._epoch_loop_active = False
         self._restored_phases: set[str] = set()
@@ -300,7 +299,6 @@ class Trial:
         tokenised rows (``input_ids``, ``label``) for pruning methods that score layers on data."""
         if model is None:
             raise TrialUsageError("trial.model(None): hand over the model object")
-        self.ctx.extras.setdefault("calibration", calibration)
         if pad_id is not None:
             self.ctx.pad_id = pad_id
         if calibration is not None:
@@ -655,7 +653,6 @@ class Trial:
             got = ", ".join(sorted(self.ctx.quality["validation"]))
             raise TrialUsageError(f"validation quality has no {self.objective_metric!r} (the experiment's metric); got {got}")
         self._check_needs(final=True)
-        self._finished = True
         out, failures = {}, []
         for knob, value in self._ordered():  # every knob is judged; all that did not take effect are named
             try:

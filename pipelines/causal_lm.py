@@ -34,7 +34,7 @@ from greenknobs.ml.data import (
     deduplicate_training,
     subsample_training,
 )
-from greenknobs.pipeline import Pipeline
+from greenknobs.pipeline import PhasedPipeline
 from pipelines.text_data import (
     DEDUP_OPTIONS,
     check_dataset,
@@ -131,7 +131,7 @@ class LanguageModelTask:
         return -perplexity(ctx, model, ctx.extras["early_stopping_rows"], loop.NATIVE_BATCH)
 
 
-class CausalLMPipeline(Pipeline):
+class CausalLMPipeline(PhasedPipeline):
     name = "causal-lm"
     knobs = (
         "data.train_fraction", "data.max_seq_len", "data.dedup", "data.tokenizer_cache",
@@ -198,16 +198,7 @@ class CausalLMPipeline(Pipeline):
                                     "model directory (a model trained from scratch has no unpruned teacher)")
 
     # -- phases ------------------------------------------------------------------------------
-    # -- one trial, written as user code would be (greenknobs.trial) ---------------------------------
-    def run(self, trial) -> None:
-        trial.run_phase("data", self.data, trial)
-        trial.run_phase("model", self.model, trial)
-        trial.run_phase("system", self.system, trial)
-        trial.run_phase("training", self.training, trial)
-        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
-        with trial.held_out():
-            self.serve(trial, "test")
-
+    # -- the phases, written as user code would be (greenknobs.trial; run() is PhasedPipeline's) ----
     def data(self, trial) -> None:
         ctx = trial.ctx
         # duplicates dropped before splitting (pipeline.dedup: exact, or near); near-duplicates left counted

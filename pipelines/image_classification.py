@@ -32,7 +32,7 @@ from greenknobs.ml.vision import images
 from greenknobs.ml.vision import trial as vision
 from greenknobs.ml.vision.resnet import MAX_STAGES, SmallResNet, removable_count
 from greenknobs.ml.vision.train import predict
-from greenknobs.pipeline import Pipeline
+from greenknobs.pipeline import PhasedPipeline
 from pipelines.image_data import check_dataset_option, dataset_channels, drop_duplicate_images, load_dataset
 from pipelines.text_data import check_options, encode_labels
 
@@ -70,7 +70,7 @@ def _examples(options: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]],
     return examples, dropped, labels, parts
 
 
-class ImageClassificationPipeline(Pipeline):
+class ImageClassificationPipeline(PhasedPipeline):
     name = "image-classification"
     knobs = (
         "data.train_fraction", "data.input_resolution",
@@ -137,19 +137,7 @@ class ImageClassificationPipeline(Pipeline):
             raise IncompatibleKnobs(f"model.blocks_removed={values['model.blocks_removed']} but only {removable} blocks "
                                     f"have an identity shortcut (blocks {self.options['blocks']})")
 
-    # -- one trial, written as user code would be (greenknobs.trial) ---------------------------------
-    def run(self, trial) -> None:
-        """Each phase a function the trial runs (its output reusable by later trials); the model, the
-        loaders and the dense optimizer go through the trial, so the shared knobs act on them; the
-        test split is scored in the held-out window, outside the objective."""
-        trial.run_phase("data", self.data, trial)
-        trial.run_phase("model", self.model, trial)
-        trial.run_phase("system", self.system, trial)
-        trial.run_phase("training", self.training, trial)
-        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
-        with trial.held_out():
-            self.serve(trial, "test")
-
+    # -- the phases, written as user code would be (greenknobs.trial; run() is PhasedPipeline's) ----
     def data(self, trial) -> None:
         ctx = trial.ctx
         examples, dropped, ctx.extras["label_names"], (ctx.train, ctx.validation, ctx.test) = _examples(self.options, ctx.seed)

@@ -24,7 +24,7 @@ from greenknobs.errors import ConfigError, IncompatibleKnobs
 from greenknobs.ml import distill, early_exit, hf, layers, metrics, probes, token_cache
 from greenknobs.ml import train_loop as loop
 from greenknobs.ml.data import carve_stopping_rows, select_training_examples
-from greenknobs.pipeline import Pipeline
+from greenknobs.pipeline import PhasedPipeline
 from pipelines.text_data import (
     DEDUP_OPTIONS,
     check_dataset,
@@ -168,7 +168,7 @@ def predict(ctx, model, rows, batch_size: int = 32, limit: int | None = None) ->
     return out
 
 
-class TextClassificationPipeline(Pipeline):
+class TextClassificationPipeline(PhasedPipeline):
     name = "text-classification"
     knobs = (
         "data.train_fraction", "data.max_seq_len", "data.dedup", "data.padding", "data.tokenizer_cache",
@@ -245,19 +245,7 @@ class TextClassificationPipeline(Pipeline):
             raise IncompatibleKnobs(f"inference.seq_len={limit} cuts nothing: inputs are already at most "
                                     f"data.max_seq_len={max_len} tokens")
 
-    # -- one trial, written as user code would be (greenknobs.trial) ---------------------------------
-    def run(self, trial) -> None:
-        """Each phase a function the trial runs (its output reusable by later trials); the model,
-        tokenizer, loaders and optimizer go through the trial, so the knobs act on them; the test
-        split is scored in the held-out window, outside the objective."""
-        trial.run_phase("data", self.data, trial)
-        trial.run_phase("model", self.model, trial)
-        trial.run_phase("system", self.system, trial)
-        trial.run_phase("training", self.training, trial)
-        trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
-        with trial.held_out():
-            self.serve(trial, "test")
-
+    # -- the phases, written as user code would be (greenknobs.trial; run() is PhasedPipeline's) ----
     def data(self, trial) -> None:
         ctx = trial.ctx
         # duplicates (exact, or near with pipeline.dedup: near) dropped before splitting: no text in two

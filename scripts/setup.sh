@@ -23,4 +23,10 @@ else
   python -m pip install -q "torch==2.13.0"
 fi
 python -m pip install -q -e ".[dev]"
-echo "setup: ok ($(python -c 'import torch, transformers, optuna, mlflow; print(f"torch {torch.__version__} (CUDA {torch.version.cuda or "none"}), transformers {transformers.__version__}, optuna {optuna.__version__}, mlflow {mlflow.__version__}")'))"
+echo "setup: ok ($(python - <<'PY'
+import mlflow, optuna, torch, transformers
+cuda = torch.version.cuda or "none"
+print(f"torch {torch.__version__} (CUDA {cuda}), transformers {transformers.__version__}, "
+      f"optuna {optuna.__version__}, mlflow {mlflow.__version__}")
+PY
+))"

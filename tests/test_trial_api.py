@@ -284,3 +284,45 @@ def test_a_script_asks_for_its_trial(tmp_path):
     finally:
         meter.close()
     assert result.quality["validation"]["rmse"] == pytest.approx(2 * get_knob("training.learning_rate").default)
+
+
+def misbehaving(trial):
+    """A function pipeline that misuses the trial for one knob value (width 2: a phase opened twice)."""
+    width = trial.knob("standin.width")
+    trial.record("standin_width_used", width)
+    trial.record("standin_depth_used", trial.knob("standin.depth"))
+    trial.start_phase("inference")
+    if width == 2:
+        trial.start_phase("inference")
+    trial.quality("validation", score=width / 4)
+    trial.start_phase("test")
+    trial.quality("test", score=width / 4 - 0.01)
+
+
+def test_a_misusing_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, monkeypatch):
+    """greenknobs.optimize on a function: the trial whose code misuses the API fails with its one
+    line as the reason; the baseline and the other trials complete; the study is intact."""
+    import yaml
+
+    import greenknobs as gk
+    from greenknobs.config import load_experiment_with_function
+    from greenknobs.search import open_study
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "misuse", "knobs": {
+            "standin.width": {"class": "greenknobs.testing.standin:Width", "default": 4, "choices": [2, 3, 4]},
+            "standin.depth": {"class": "greenknobs.testing.standin:Depth", "default": 8, "low": 1, "high": 8}},
+        "objectives": {"quality": {"metric": "score", "direction": "maximize"}},
+        "constraints": {"min_quality_retained": 0.5, "beat_trivial_by": None},
+        "budget": {"trials": 3}, "sampler": "random", "meter": "cpu-model", "reuse": False,
+        "storage": f"sqlite:///{tmp_path}/optuna.db", "mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}))
+    study = open_study(load_experiment_with_function(path, misbehaving))
+    study.enqueue_trial({"standin.width": 4, "standin.depth": 8}, user_attrs={"baseline": True})
+    study.enqueue_trial({"standin.width": 2, "standin.depth": 8})
+    study.enqueue_trial({"standin.width": 3, "standin.depth": 8})
+    gk.optimize(misbehaving, path, reporter=False)
+    trials = {t.params["standin.width"]: t for t in open_study(load_experiment_with_function(path, misbehaving)).trials}
+    assert trials[4].state.name == trials[3].state.name == "COMPLETE"
+    assert trials[2].state.name == "FAIL" and "phase 'inference' opened twice" in trials[2].user_attrs["fail_reason"]

@@ -170,10 +170,6 @@ class Objective:
         self.current_run = None
         self.progress.finished(started)
         if self.reporter:
-            if is_baseline:  # said once: what the search cannot do for this code, and how to let it
-                for name, state in result.safeguards.items():
-                    if not state.startswith("on"):
-                        self.reporter.note(trial.number, f"safeguard {name.replace('_', ' ')} {state}")
             if result.artifacts.get("bytes"):
                 self.reporter.note(trial.number, f"artefacts written in the trial: {result.artifacts['files']} files, "
                                                  f"{result.artifacts['bytes'] / 1e6:.1f} MB "

@@ -102,6 +102,14 @@ def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
         "git commit": git_commit(source.parent if source else Path.cwd()),
         "experiment_file": source.read_text(encoding="utf-8") if source and source.is_file() else "(not a file)",
     }
+    # what the results were produced from: the data and model content, the code (greenknobs.fingerprint)
+    produced = studies.recorded_fingerprint(study) or {}
+    for path, digest in sorted(produced.get("inputs", {}).items()):
+        reproducibility[f"input {path}"] = f"sha256 {digest[:16]}" if digest else "gone"
+    if produced.get("code"):
+        reproducibility["code digest"] = produced["code"]
+    for accepted in study.user_attrs.get("accepted_changes", []):
+        reproducibility[f"changes accepted {accepted['at']}"] = "; ".join(accepted["changed"])
     carbon = {**study_carbon_intensity(exp), "country_iso_code": exp.carbon.country_iso_code, "region": exp.carbon.region}
     stored_idle = next((t.user_attrs.get("result", {}).get("idle_power") for t in study.trials
                         if t.user_attrs.get("result", {}).get("idle_power")), None)

@@ -254,9 +254,11 @@ class Worker:
             provenance.append(result.measurement.provenance)
 
         started = time.perf_counter()
+        safeguards: dict[str, str] = {}
         try:
             warm = type(pipeline)(options)
-            run_trial(warm, [(s.knob, s.default) for s in exp.knobs], meter, runtime, exp.seed, progress=add)
+            safeguards = run_trial(warm, [(s.knob, s.default) for s in exp.knobs], meter, runtime, exp.seed,
+                                   progress=add).safeguards
             outcome = "ok"
         except Exception as exc:  # a warm-up that fails only means trial 0 pays the one-off costs itself
             outcome = f"{type(exc).__name__}: {exc}"
@@ -269,6 +271,11 @@ class Worker:
         if self.reporter:
             self.reporter.note(-1, f"warm-up run (small subset, not a trial): {entry['energy_j']:.1f} J "
                                    f"{entry['provenance']} in {entry['time_s']:.1f} s -- counted in the search's cost")
+            if outcome != "ok":
+                self.reporter.note(-1, f"the warm-up failed ({outcome}); trial 0 will show whether the code runs")
+            for name, state in safeguards.items():  # before trial 0: what the search cannot do for this code
+                if not state.startswith("on"):
+                    self.reporter.note(-1, f"safeguard {name.replace('_', ' ')} {state}")
 
     # -- outcomes kept through a database outage ------------------------------------------------------
     def _keep(self, trial: Trial, outcome: Outcome) -> Path:
