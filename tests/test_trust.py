@@ -247,25 +247,36 @@ def test_the_batched_macro_f1_is_scikit_learns():
 
 class ManyLongTestInputs(TextClassificationPipeline):
     """The same pipeline with its test inputs replaced (not only relabelled): twenty times as many,
-    each about four times as long."""
+    each as long as the sequence-length limit allows (the knobs would catch a longer one)."""
 
     def data(self, trial):
         super().data(trial)
-        ctx = trial.ctx
-        ctx.test = [{**r, "input_ids": (r["input_ids"][:-1] * 8)[:100] + r["input_ids"][-1:]} for r in ctx.test for _ in range(20)]
+        ctx, limit = trial.ctx, trial.knob("data.max_seq_len")
+        ctx.test = [{**r, "input_ids": (r["input_ids"][:-1] * 8)[:limit - 1] + r["input_ids"][-1:]}
+                    for r in ctx.test for _ in range(20)]
 
 
 def test_test_inputs_never_reach_the_joules_the_sampler_sees(tmp_path):
     """Under a real meter (the cpu-model reads this process's CPU time): replacing the test inputs
     moves the held-out window's energy many times over and leaves the objective -- the phases'
     energy, the validation quality, the workload -- where it was."""
+    import statistics
+
     options = TextClassificationPipeline.validate_options(
         F.classification_options(F.make_tiny_model_dir(tmp_path / "m"), F.make_tiny_csv(tmp_path / "t.csv")))
-    plain = F.run_knobs(TextClassificationPipeline(options), {}, CPU)
-    replaced = F.run_knobs(ManyLongTestInputs(options), {}, CPU)
-    assert replaced.held_out.energy_j > 5 * plain.held_out.energy_j  # the test inputs did cost more: where it shows
+    runs: dict[str, list] = {"plain": [], "replaced": []}
+    for _ in range(3):  # interleaved: the machine's drift hits both alike; medians, not single runs
+        runs["plain"].append(F.run_knobs(TextClassificationPipeline(options), {}, CPU))
+        runs["replaced"].append(F.run_knobs(ManyLongTestInputs(options), {}, CPU))
+    plain, replaced = runs["plain"][0], runs["replaced"][0]
+
+    def median(kind, figure):
+        return statistics.median(figure(r) for r in runs[kind])
+
+    held_out = median("replaced", lambda r: r.held_out.energy_j) / median("plain", lambda r: r.held_out.energy_j)
+    objective = median("replaced", lambda r: r.energy_for_scope("total")) / median("plain", lambda r: r.energy_for_scope("total"))
+    assert held_out > 4, held_out  # the test inputs did cost more: where it shows
+    assert 0.5 < objective < 2.0 and objective < held_out / 2, (objective, held_out)  # noise, not that multiple
     assert replaced.samples["test"] == 20 * plain.samples["test"]
     assert replaced.quality["validation"] == plain.quality["validation"] and replaced.samples["inference"] == plain.samples["inference"]
-    ratio = replaced.energy_for_scope("total") / plain.energy_for_scope("total")
-    assert 0.6 < ratio < 1.6, ratio  # within the modelled noise of a tiny trial; not the held-out window's multiple
     assert "test" not in replaced.phases
