@@ -185,6 +185,12 @@ def cmd_search(args) -> int:
               f"{tracker.spool_dir}, replayed by the next greenknobs command here that opens it")
     for key, path in front.files.items():
         print(f"  {key:<13}: {path}")
+    from greenknobs.search import energy_model
+    from greenknobs.search import study as studies
+
+    model = energy_model.fit(exp, studies.energy_observations(outcome.study))
+    if model is not None:  # what the budget promise and successive halving predicted energy with
+        print(f"  energy model : {model.describe()}")
     store = runner.store
     if store is not None:  # bounded (reuse.max_gb; least recently used entries go first)
         state = f"off: {store.disabled}" if store.disabled else (f"{store.size_bytes() / 1e6:,.0f} MB of "

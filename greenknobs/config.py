@@ -100,6 +100,10 @@ class StopHopeless:
     enabled: bool = True
     at_fraction: float = 0.5  # of the planned training steps
     below_floor: bool = True
+    # multi-objective successive halving: at each rung (a fraction of the planned training steps) a
+    # trial is scored on validation and stopped if, even with the largest gain completed trials made
+    # from that rung to the end, a completed feasible trial predicted no costlier would still beat it
+    rungs: tuple[float, ...] = (0.25, 0.5)
 
 
 @dataclass(frozen=True)
@@ -507,14 +511,18 @@ def _stop_hopeless(raw: Any) -> StopHopeless:
     if isinstance(raw, bool):
         return StopHopeless(enabled=raw)
     raw = _mapping(raw, "stop_hopeless")
-    _reject_unknown(raw, ("enabled", "at_fraction", "below_floor"), "stop_hopeless")
+    _reject_unknown(raw, ("enabled", "at_fraction", "below_floor", "rungs"), "stop_hopeless")
     d = StopHopeless()
     flags = {k: raw.get(k, getattr(d, k)) for k in ("enabled", "below_floor")}
     for k, v in flags.items():
         if not isinstance(v, bool):
             raise ConfigError(f"stop_hopeless.{k}", "expected true or false")
+    rungs = raw.get("rungs", list(d.rungs))
+    if not isinstance(rungs, list):
+        raise ConfigError("stop_hopeless.rungs", "expected a list of fractions of training, e.g. [0.25, 0.5] ([] for none)")
+    rungs = tuple(sorted(float(_number(r, "stop_hopeless.rungs", low=0.05, high=0.95)) for r in rungs))
     return StopHopeless(flags["enabled"], float(_number(raw.get("at_fraction", d.at_fraction), "stop_hopeless.at_fraction",
-                                                        low=0.05, high=0.95)), flags["below_floor"])
+                                                        low=0.05, high=0.95)), flags["below_floor"], rungs)
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -26,9 +26,10 @@ from greenknobs.phases import TEST, VALIDATION, PhaseResult, TrialResult, combin
 from greenknobs.pipeline import Pipeline, run_trial
 from greenknobs.records import TrialSummary
 from greenknobs.runtime import Runtime
-from greenknobs.search import freshness
+from greenknobs.search import energy_model, freshness
 from greenknobs.search import study as studies
 from greenknobs.search.coordination import HostWorkers
+from greenknobs.search.energy_model import EnergyModel
 from greenknobs.search.figures import constraint_names, constraint_values, relative_figures
 from greenknobs.search.policies import FailureStreak, HopelessStop, InferenceVariants, TwinReuse
 from greenknobs.search.progress import Progress, Reporter
@@ -82,6 +83,8 @@ class Objective:
         self.make_meter = make_meter
         self.carbon = carbon
         self.store = store
+        self.budget_stop: str | None = None  # why the last trial was not started (the energy budget)
+        self._models: dict[bool, tuple[Any, EnergyModel | None]] = {}
         self.isolation = isolation
         self.gpu = gpu
         self.idle_power: dict[str, Any] | None = None
@@ -109,6 +112,9 @@ class Objective:
         twin = None if is_baseline or self.isolation else self.policies.twins.find(study, trial, values)
         if twin is not None:
             return self._reuse(trial, twin)
+        refusal = None if is_baseline or self.isolation else self._over_budget(study, values)
+        if refusal is not None:
+            return self._not_started(trial, refusal)
         if not is_baseline:
             self._baseline(study)  # read now: summarising the result must not need the database
         changed = {k: v for k, v in values.items() if v != exp.baseline_values().get(k)}
@@ -143,7 +149,7 @@ class Objective:
                                repeats=exp.repeats, spread_warning=exp.meter.spread_warning,
                                idle_power=self.idle_power, carbon_intensity=self.carbon, store=self.store,
                                progress_check=None if is_baseline or self.isolation
-                               else self.policies.hopeless.check_for(study, trial),
+                               else self.policies.hopeless.check_for(study, trial, self._predictor(study, values)),
                                trial_number=trial.number, workdir=exp.artifacts_dir / str(trial.number),
                                keep_artifacts=exp.keep_artifacts)
             self._gpu_alone("after")
@@ -183,6 +189,44 @@ class Objective:
         outcome.trained = (result.reuse.get("published") or {}).get("training") is True and summary.feasible \
             and not self.isolation
         return outcome
+
+    # -- the energy budget is a promise ----------------------------------------------------------
+    def energy_model(self, study: Study, objective: bool = True) -> EnergyModel | None:
+        """The study's energy model (refitted when more trials have completed): the objective's
+        energy, or the trials' total attributed energy (``objective=False``, what the budget needs)."""
+        observed = studies.energy_observations(study, objective)
+        key = (objective, len(observed))
+        if self._models.get(objective, (None, None))[0] != key:
+            self._models[objective] = (key, energy_model.fit(self.exp, observed))
+        return self._models[objective][1]
+
+    def _predictor(self, study: Study, values: dict[str, Any]) -> Callable[[], tuple[float, float] | None]:
+        """This trial's predicted objective energy and the model's median error, asked for at a rung."""
+        def predict() -> tuple[float, float] | None:
+            model = self.energy_model(study)
+            return None if model is None else (model.predict(values), model.loo_median_error)
+        return predict
+
+    def _over_budget(self, study: Study, values: dict[str, Any]) -> str | None:
+        """Why a trial must not start: its predicted energy would cross the energy budget."""
+        budget = self.exp.energy_budget_j
+        if budget is None:
+            return None
+        model = self.energy_model(study, objective=False)
+        if model is None:
+            return None
+        predicted, left = model.predict(values), budget - studies.spent_j(study)
+        if predicted <= left:
+            return None
+        return (f"not started: its predicted energy, {predicted:,.0f} J, would cross the energy budget "
+                f"({left:,.0f} J of {budget:,.0f} J left; {model.describe()})")
+
+    def _not_started(self, trial: Trial, reason: str) -> Outcome:
+        self.budget_stop = reason
+        if self.reporter:
+            self.reporter.trial_done(trial.number, None, reason, self.progress.left(), None, stopped=True)
+        return Outcome(PRUNED, attrs={"stop_reason": reason, "not_started": True,
+                                      "spent": {"energy_j": 0.0, "phases": {}, "provenance": "none (not started)"}})
 
     # -- what a trial's outcome records --------------------------------------------------------
     def _reuse(self, trial: Trial, twin: FrozenTrial) -> Outcome:

@@ -38,15 +38,20 @@ REACH_MIN_TRIALS = 3
 
 
 class HopelessStop:
-    """``stop_hopeless``: once, at ``at_fraction`` of the planned training steps, score validation;
-    at the trivial model's level, or too far below the floor to reach it, stop the trial."""
+    """``stop_hopeless``: score validation partway through training and stop a trial that cannot
+    end on the front -- at ``at_fraction`` one still at the trivial model's level or too far below
+    the quality floor to reach it; at every rung (``rungs``, multi-objective successive halving) one
+    that, even with the largest gain completed trials made from that rung to the end (x1.5), would
+    be dominated by a completed feasible trial no costlier than its predicted energy."""
 
     def __init__(self, exp: Experiment):
         self.exp = exp
 
-    def check_for(self, study: Study, trial: Trial) -> ProgressCheck | None:
+    def check_for(self, study: Study, trial: Trial,
+                  predict: Callable[[], tuple[float, float] | None] | None = None) -> ProgressCheck | None:
         """The check for one trial, or None where it cannot judge (disabled, no baseline or no
-        trivial score yet, or floors that do not lie above the trivial level)."""
+        trivial score yet, or floors that do not lie above the trivial level). ``predict()``: the
+        trial's predicted objective energy and the energy model's median error (None: no model)."""
         exp = self.exp
         if not exp.stop_hopeless.enabled:
             return None
@@ -55,6 +60,7 @@ class HopelessStop:
         if trivial is None:
             return None
         maximize = exp.objectives.quality_direction == "maximize"
+        sign = 1.0 if maximize else -1.0
         bar = trivial_bar(exp, trivial)
         # only where the floors lie above the trivial level is "still trivial halfway" a verdict: with
         # no trivial guard and a baseline near the trivial level (a tiny model), a slow start may still pass
@@ -69,32 +75,75 @@ class HopelessStop:
         # once a few trials have finished (the first ones always run to the end)
         gains = studies.gains_after_check(study) if exp.stop_hopeless.below_floor and floor is not None else []
         reach = max(max(gains), 0.0) * REACH_SAFETY if len(gains) >= REACH_MIN_TRIALS else None
-        state = {"done": False}
+        fractions = sorted({*exp.stop_hopeless.rungs, exp.stop_hopeless.at_fraction})
+        state = {"next": 0}
+        metric = exp.objectives.quality_metric
 
         def check(fraction: float, validate: Callable[[], float]) -> None:
-            if state["done"] or fraction < exp.stop_hopeless.at_fraction:
-                return
-            state["done"] = True
-            score = validate()  # the task's validation score, higher is better (perplexity comes negated)
-            quality = score if maximize else -score
-            trivial_level = quality <= bar if maximize else quality >= bar
-            short = reach is not None and floor is not None and (
-                quality + reach < floor if maximize else quality - reach > floor)
-            trial.set_user_attr("progress_check", {
-                "fraction": round(fraction, 3), "validation_quality": quality, "trivial_bar": bar,
-                "direction": exp.objectives.quality_direction, "floor": floor, "reach": reach,
-                "reach_from_trials": len(gains), "hopeless": trivial_level or short})
-            metric = exp.objectives.quality_metric
-            if trivial_level:
-                raise HopelessTrial(f"after {fraction:.0%} of training, validation {metric} {quality:.4f} is still at "
-                                    f"the trivial model's level ({bar:.4f}): it cannot meet the quality floor, so "
-                                    "the trial stops here")
-            if short and reach is not None:
-                raise HopelessTrial(f"after {fraction:.0%} of training, validation {metric} {quality:.4f} is too far "
-                                    f"from the floor ({floor:.4f}) to reach it: the {len(gains)} completed trials "
-                                    f"gained at most {reach / REACH_SAFETY:.4f} over the rest of training (allowed "
-                                    f"{reach:.4f}), so the trial stops here")
+            while state["next"] < len(fractions) and fraction >= fractions[state["next"]]:
+                at = fractions[state["next"]]
+                state["next"] += 1
+                score = validate()  # the task's validation score, higher is better (perplexity comes negated)
+                quality = score if maximize else -score
+                rungs = dict(trial.user_attrs.get("rungs") or {})
+                rungs[_key(at)] = {"quality": quality, "direction": exp.objectives.quality_direction}
+                trial.set_user_attr("rungs", rungs)
+                if at == exp.stop_hopeless.at_fraction:
+                    self._floor_check(trial, fraction, quality, bar, floor, reach, len(gains))
+                if at in exp.stop_hopeless.rungs and predict is not None:
+                    self._rung_check(study, trial, at, quality, sign, predict, metric)
+
         return check
+
+    def _floor_check(self, trial: Trial, fraction: float, quality: float, bar: float, floor: float | None,
+                     reach: float | None, from_trials: int) -> None:
+        exp = self.exp
+        maximize = exp.objectives.quality_direction == "maximize"
+        trivial_level = quality <= bar if maximize else quality >= bar
+        short = reach is not None and floor is not None and (
+            quality + reach < floor if maximize else quality - reach > floor)
+        trial.set_user_attr("progress_check", {
+            "fraction": round(fraction, 3), "validation_quality": quality, "trivial_bar": bar,
+            "direction": exp.objectives.quality_direction, "floor": floor, "reach": reach,
+            "reach_from_trials": from_trials, "hopeless": trivial_level or short})
+        metric = exp.objectives.quality_metric
+        if trivial_level:
+            raise HopelessTrial(f"after {fraction:.0%} of training, validation {metric} {quality:.4f} is still at "
+                                f"the trivial model's level ({bar:.4f}): it cannot meet the quality floor, so "
+                                "the trial stops here")
+        if short and reach is not None:
+            raise HopelessTrial(f"after {fraction:.0%} of training, validation {metric} {quality:.4f} is too far "
+                                f"from the floor ({floor:.4f}) to reach it: the {from_trials} completed trials "
+                                f"gained at most {reach / REACH_SAFETY:.4f} over the rest of training (allowed "
+                                f"{reach:.4f}), so the trial stops here")
+
+    def _rung_check(self, study: Study, trial: Trial, at: float, quality: float, sign: float,
+                    predict: Callable[[], tuple[float, float] | None], metric: str) -> None:
+        """Successive halving on two objectives: stop a trial that cannot reach the front from here."""
+        records = studies.rung_records(study, _key(at))
+        predicted = predict()
+        if len(records) < REACH_MIN_TRIALS or predicted is None:
+            return  # too few completed trials passed this rung, or no energy model yet: it runs on
+        energy, error = predicted
+        gain = max(max(final - there for there, final, _ in records), 0.0) * REACH_SAFETY
+        best_case = sign * quality + gain  # the most this trial can still reach, signed so higher is better
+        cheaper = energy * (1.0 - error)  # what it costs at the least, by the model's own error
+        beaten = [(e, q) for e, q in studies.feasible_points(study) if e <= cheaper and sign * q > best_case]
+        rungs = dict(trial.user_attrs.get("rungs") or {})
+        rungs[_key(at)].update(predicted_energy_j=energy, model_error=error, best_case=sign * best_case,
+                               dominated_by=len(beaten))
+        trial.set_user_attr("rungs", rungs)
+        if beaten:
+            e, q = min(beaten)
+            raise HopelessTrial(f"after {at:.0%} of training (successive halving), validation {metric} {quality:.4f} "
+                                f"can reach at most {sign * best_case:.4f} (the largest gain {len(records)} completed "
+                                f"trials made from here, x{REACH_SAFETY}), and a completed trial at {e:.0f} J scored "
+                                f"{q:.4f} -- cheaper than this trial's predicted {energy:.0f} J (less the energy "
+                                f"model's {error:.0%} error) and better: it cannot reach the front, so it stops here")
+
+
+def _key(fraction: float) -> str:
+    return f"{fraction:.3f}"
 
 
 class InferenceVariants:

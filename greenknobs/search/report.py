@@ -14,6 +14,7 @@ from greenknobs.meters import resolve
 from greenknobs.report import exports, html, markdown
 from greenknobs.report.build import Report, ReportInputs, build
 from greenknobs.runtime import machine
+from greenknobs.search import energy_model
 from greenknobs.search import study as studies
 from greenknobs.search.ablation import isolation_experiment
 from greenknobs.search.publish import results_dir
@@ -108,6 +109,8 @@ def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
         reproducibility[f"input {path}"] = f"sha256 {digest[:16]}" if digest else "gone"
     if produced.get("code"):
         reproducibility["code digest"] = produced["code"]
+    model = energy_model.fit(exp, studies.energy_observations(study))  # what the search predicted energy with
+    reproducibility["energy model"] = model.describe() if model else f"not fitted (fewer than {energy_model.MIN_TRIALS} trials)"
     for accepted in study.user_attrs.get("accepted_changes", []):
         reproducibility[f"changes accepted {accepted['at']}"] = "; ".join(accepted["changed"])
     carbon = {**study_carbon_intensity(exp), "country_iso_code": exp.carbon.country_iso_code, "region": exp.carbon.region}

@@ -161,15 +161,24 @@ def sampler_seed(exp: Experiment, worker_index: int) -> int:
     return exp.seed if worker_index == 0 else (exp.seed * 1_000_003 + 7919 * worker_index) % (2**31 - 1)
 
 
-def _sampler(exp: Experiment, seed: int | None = None) -> optuna.samplers.BaseSampler:
+def expected_trials(exp: Experiment, baseline_j: float | None = None) -> int:
+    """How many trials the search will run: the trial budget, or fewer where the energy budget binds
+    first (a trial costs about half the baseline's energy on average: cheaper knobs, stored phases)."""
+    if exp.energy_budget_j is None or not baseline_j:
+        return exp.trials
+    return max(1, min(exp.trials, int(exp.energy_budget_j / (0.5 * baseline_j))))
+
+
+def _sampler(exp: Experiment, seed: int | None = None, baseline_j: float | None = None) -> optuna.samplers.BaseSampler:
     seed = exp.seed if seed is None else seed
+    startup = min(10, max(4, expected_trials(exp, baseline_j) // 3))  # sized by the budget that binds
     if exp.sampler == "tpe":
         # Few trials: start modelling early (default 10 random starts would be most of the budget).
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(10, max(4, exp.trials // 3)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
     if exp.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, exp.trials // 2)))
     if exp.sampler == "gp":  # Gaussian process, log expected hypervolume improvement (needs scipy and torch)
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(4, exp.trials // 3)),
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)
     if exp.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -279,6 +288,28 @@ def gains_after_check(study: optuna.Study) -> list[float]:
     return gains
 
 
+def rung_records(study: optuna.Study, rung: str) -> list[tuple[float, float, float]]:
+    """For each completed trial scored at ``rung``: (its validation quality there, its final
+    validation quality, its objective energy) -- signed so that higher quality is better."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        rec = (t.user_attrs.get("rungs") or {}).get(rung)
+        if rec and t.values and len(t.values) > 1 and t.user_attrs.get("duplicate_of") is None:
+            sign = 1.0 if rec.get("direction", "maximize") == "maximize" else -1.0
+            out.append((sign * rec["quality"], sign * t.values[1], t.values[0]))
+    return out
+
+
+def feasible_points(study: optuna.Study) -> list[tuple[float, float]]:
+    """(objective energy, validation quality) of every completed feasible trial (quality as stored)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        summary = t.user_attrs.get("summary") or {}
+        if t.values and len(t.values) > 1 and summary.get("feasible"):
+            out.append((t.values[0], t.values[1]))
+    return out
+
+
 def waiting_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -364,6 +395,20 @@ def spent_j(study: optuna.Study) -> float:
     off -- what ran counts), plus the warm-ups. Reused results count what loading them cost."""
     trials = sum(float((t.user_attrs.get("spent") or {}).get("energy_j", 0.0)) for t in study.get_trials(deepcopy=False))
     return trials + overhead_j(study)
+
+
+def energy_observations(study: optuna.Study, objective: bool = True) -> list[tuple[dict[str, Any], float]]:
+    """(knob values, energy) of every trial that ran to the end (not a reused duplicate): the
+    objective's energy, or (``objective=False``) the trial's total attributed energy."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        values = t.user_attrs.get("knob_values")
+        if not values or t.user_attrs.get("duplicate_of") is not None or not t.values:
+            continue
+        energy = t.values[0] if objective else (t.user_attrs.get("result") or {}).get("energy_j")
+        if energy:
+            out.append((values, float(energy)))
+    return out
 
 
 def recorded_fingerprint(study: optuna.Study) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ from greenknobs.search.coordination import (
     is_gone,
     wait,
 )
-from greenknobs.search.objective import FAIL, Objective, Outcome
+from greenknobs.search.objective import COMPLETE, FAIL, Objective, Outcome
 from greenknobs.search.progress import Progress, Reporter, SearchOutcome
 from greenknobs.search.study import Study, Trial
 from greenknobs.urls import mask_password, normalise_db_url
@@ -97,6 +97,7 @@ class Worker:
         self.study: Study | None = None  # opened under the study lock in run(): workers may start together
         self.requeued = 0
         self.stopped_by = "queued plan" if isolation else "trial budget"
+        self.sampler_seed: int | None = None
         if db_retry_s is not None:
             DATABASE.window_s = db_retry_s
         self.kept_dir = exp.results_dir / "kept-outcomes"
@@ -209,7 +210,9 @@ class Worker:
             self.requeued += studies.requeue_interrupted(study)
             workers = study.user_attrs.get("workers", [])
             study.set_user_attr("workers", [*workers, self.identity])
-            study.sampler = studies._sampler(exp, studies.sampler_seed(exp, len(workers)))
+            self.sampler_seed = studies.sampler_seed(exp, len(workers))
+            base = studies.baseline_trial(study)
+            study.sampler = studies._sampler(exp, self.sampler_seed, base.values[0] if base and base.values else None)
         self.study = study
         return study
 
@@ -375,6 +378,13 @@ class Worker:
                 self._kill_current_run()
                 raise
             self._record(study, trial, outcome)
+            if self.objective.budget_stop:  # the next trial would have crossed the energy budget
+                self.stopped_by = (f"energy budget: {studies.spent_j(study):.0f} J spent of {self.exp.energy_budget_j:.0f} J; "
+                                   f"the next trial was {self.objective.budget_stop}")
+                return
+            if outcome.state == COMPLETE and trial.user_attrs.get("baseline") and outcome.values:
+                # the baseline's energy says how many trials the energy budget allows: size the start-up on it
+                study.sampler = studies._sampler(self.exp, self.sampler_seed, outcome.values[0])
             if outcome.state == FAIL and trial.user_attrs.get("baseline"):
                 raise GreenknobsError(f"the baseline trial failed ({outcome.attrs.get('fail_reason')}); every "
                                       "other trial is compared with it, so the search stops here") from None

@@ -50,7 +50,8 @@ class Depth(_StandinKnob):
     evidence = ("standin_depth_used",)
 
 
-DEFAULT_OPTIONS: dict[str, Any] = {"phase_s": 0.2, "training_s": None}
+# training_s_per_unit: training sleeps width x depth x this (a cost the knobs set, as real ones do)
+DEFAULT_OPTIONS: dict[str, Any] = {"phase_s": 0.2, "training_s": None, "training_s_per_unit": None}
 
 
 class SleepPipeline(Pipeline):
@@ -92,7 +93,9 @@ class SleepPipeline(Pipeline):
 
     def training(self, ctx) -> None:
         ctx.apply_knobs()
-        self._sleep(self.options["training_s"])
+        per_unit = self.options["training_s_per_unit"]
+        units = ctx.setting("standin.width") * ctx.setting("standin.depth")
+        self._sleep(units * per_unit if per_unit is not None else self.options["training_s"])
         ctx.observed.record("standin_width_used", ctx.setting("standin.width"))
         ctx.observed.record("standin_depth_used", ctx.setting("standin.depth"))
 

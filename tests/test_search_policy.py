@@ -1,0 +1,100 @@
+"""The search's newer policies: a predicted-energy model fitted on the study's trials, the energy
+budget kept as a promise (a trial predicted to cross it does not start), and successive halving on
+two objectives (a trial that cannot reach the front from a rung stops there)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from greenknobs.config import parse_experiment
+from greenknobs.errors import HopelessTrial
+from greenknobs.search import energy_model
+from greenknobs.search import study as studies
+from greenknobs.search.policies import HopelessStop
+
+
+def experiment(tmp_path, **extra):
+    raw = {"name": "policy", "pipeline": {"name": "greenknobs.testing.standin:SleepPipeline", "phase_s": 0.0},
+           "knobs": {"standin.width": {"class": "greenknobs.testing.standin:Width", "choices": [1, 2, 3, 4]},
+                     "standin.depth": {"class": "greenknobs.testing.standin:Depth", "default": 8, "low": 1, "high": 8}},
+           "constraints": {"min_quality_retained": 0.5, "beat_trivial_by": 0.05},
+           "storage": f"sqlite:///{tmp_path}/optuna.db", "mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db", **extra}
+    return parse_experiment(raw, str(tmp_path / "policy.yaml"))
+
+
+def test_the_energy_model_learns_a_multiplicative_cost_and_says_how_wrong_it_is(tmp_path):
+    exp = experiment(tmp_path)
+    rng = random.Random(0)
+    truth = lambda v: 50.0 * v["standin.width"] ** 0.9 * v["standin.depth"]  # cost multiplies across knobs
+    seen = []
+    for _ in range(12):
+        v = {"standin.width": rng.choice([1, 2, 3, 4]), "standin.depth": rng.randint(1, 8)}
+        seen.append((v, truth(v) * rng.uniform(0.95, 1.05)))  # ~5 % measurement noise
+    assert energy_model.fit(exp, seen[:3]) is None  # too few trials: nothing is decided on it
+    model = energy_model.fit(exp, seen)
+    assert model is not None and model.loo_median_error < 0.10
+    unseen = {"standin.width": 3, "standin.depth": 5}
+    assert math.isclose(model.predict(unseen), truth(unseen), rel_tol=0.15)
+    assert "leave-one-out error median" in model.describe()
+
+
+def test_a_trial_that_cannot_reach_the_front_from_a_rung_stops_there(tmp_path):
+    """Three completed trials gained at most 0.05 from the 25 % rung to the end; a completed feasible
+    trial costs 100 J at quality 0.90. A new trial predicted at 200 J that scores 0.70 at the rung
+    can reach at most 0.70 + 1.5 x 0.05 = 0.775 < 0.90: dominated, it stops. One scoring 0.86 can
+    still reach 0.935 > 0.90: it runs on; so does any trial while there is no energy model."""
+    exp = experiment(tmp_path)
+    study = studies.open_study(exp)
+    baseline = studies.ask(study)
+    baseline.set_user_attr("baseline", True)
+    baseline.set_user_attr("summary", {"trivial_quality": 0.1, "feasible": True})
+    studies.tell(study, baseline, (400.0, 0.95))
+    for energy, there, final in ((100.0, 0.86, 0.90), (150.0, 0.80, 0.85), (300.0, 0.70, 0.72)):
+        t = studies.ask(study)
+        t.set_user_attr("rungs", {"0.250": {"quality": there, "direction": "maximize"}})
+        t.set_user_attr("summary", {"feasible": True})
+        studies.tell(study, t, (energy, final))
+    policy = HopelessStop(exp)
+    verdicts = {}
+    for label, rung_quality, predicted in (("weak", 0.70, (200.0, 0.1)), ("promising", 0.86, (200.0, 0.1)),
+                                           ("no model", 0.70, None)):
+        trial = studies.ask(study)
+        check = policy.check_for(study, trial, lambda p=predicted: p)
+        try:
+            check(0.25, lambda q=rung_quality: q)
+            verdicts[label] = "runs on"
+        except HopelessTrial as exc:
+            verdicts[label] = str(exc)
+        studies.tell(study, trial, None)
+    assert "successive halving" in verdicts["weak"] and "can reach at most 0.7750" in verdicts["weak"]
+    assert verdicts["promising"] == "runs on" and verdicts["no model"] == "runs on"
+
+
+def test_a_trial_predicted_to_cross_the_energy_budget_does_not_start(tmp_path, monkeypatch):
+    """The stand-in pipeline sleeps in training for width x depth units, measured by a wall-clock meter:
+    a trial's energy follows its knob values. Once the model has four trials, a trial whose predicted
+    energy would cross what is left of the budget is refused before it starts, the search stops saying
+    so, and what was spent stays within the budget (the overshoot is at most the model's error)."""
+    import sys
+
+    from greenknobs.search import Search
+    from greenknobs.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    exp = experiment(tmp_path, budget={"trials": 40, "energy_j": 25}, sampler="random", reuse=False,
+                     meter={"name": "user_meters:WallClockMeter", "params": {"watts": 10.0}},
+                     pipeline={"name": "greenknobs.testing.standin:SleepPipeline", "phase_s": 0.01,
+                               "training_s_per_unit": 0.01}, stop_hopeless={"enabled": False})
+    tracker = Tracker(exp.mlflow_uri, exp.name)
+    try:
+        outcome = Search(exp, tracker).run()
+    finally:
+        tracker.end_study()
+    refused = [t for t in outcome.study.trials if t.user_attrs.get("not_started")]
+    spent = studies.spent_j(outcome.study)
+    assert len(refused) == 1 and "would cross the energy budget" in refused[0].user_attrs["stop_reason"]
+    assert "the next trial was not started" in outcome.stopped_by and refused[0].user_attrs["spent"]["energy_j"] == 0.0
+    assert spent <= 25 * 1.1, (spent, outcome.stopped_by)
+    assert "user_meters" in sys.modules
