@@ -32,6 +32,7 @@ from samplers import hand_method
 from search_bench import Outcome, run_search, scratch_experiment
 
 from greenknobs.config import Reuse, StopHopeless
+from greenknobs.report.plots import curves_png
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {
@@ -69,7 +70,18 @@ def main() -> None:
     arms = args.arms.split(",")
     results: dict[str, list[Outcome]] = {arm: [] for arm in arms}
     floor = 0.97
-    record = []
+    record: list[dict] = []
+
+    def save() -> None:  # after every run, so an interrupted benchmark keeps what it measured
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "benchmark": "search_arms", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": "python benchmarks/search_arms.py " + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items() if k != "out" and v is not False),
+            "machine": {"cpu": platform.machine(), "python": platform.python_version()}, "budget_j": args.budget_j,
+            "quick": not args.full, "runs": record}, indent=2, default=str))
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for seed in args.seeds:
@@ -84,35 +96,38 @@ def main() -> None:
                 record.append({"arm": arm, "seed": seed, "spent_j": out.spent_j, "trials": out.trials, "hv": out.hv,
                                "wall_s": out.wall_s, "best_saving_pct": saving,
                                "hv_by_trial": out.hv_by_trial, "spent_by_trial": out.spent_by_trial,
-                               "provenance": out.provenance})
+                               "provenance": out.provenance, "energy_model_errors": out.model_errors})
                 print(f"  {arm:<8} seed {seed}: {out.trials} trials, {out.spent_j:,.0f} J, {out.wall_s / 60:.1f} min, "
                       f"hypervolume {out.hv:.4f}, best held-out saving {saving:.1f} %", flush=True)
+                save()
     b = args.budget_j
     provenance = next(iter(results.values()))[0].provenance
     print(f"\n{len(args.seeds)} seeds, energy budget {b:,.0f} J ({'full data' if args.full else '--quick subset'}); "
-          f"energy {provenance}; mean [min-max] over seeds")
+          f"energy {provenance}; median [min-max] over seeds")
     print(f"{'arm':<8} {'trials':>6} {'spent J':>9} {'HV @ 1/4':>10} {'HV @ 1/2':>10} {'HV':>10} "
           f"{'saving % @ 1/4':>16} {'@ 1/2':>8} {'@ all':>8}")
 
     def fmt(xs: list[float], p: int) -> str:
-        return f"{statistics.mean(xs):.{p}f}"
+        return f"{statistics.median(xs):.{p}f}"
 
     for arm, outs in results.items():
-        print(f"{arm:<8} {statistics.mean(o.trials for o in outs):>6.1f} {fmt([o.spent_j for o in outs], 0):>9} "
+        print(f"{arm:<8} {statistics.median(o.trials for o in outs):>6.1f} {fmt([o.spent_j for o in outs], 0):>9} "
               f"{fmt([o.hv_at_joules(b / 4) for o in outs], 4):>10} {fmt([o.hv_at_joules(b / 2) for o in outs], 4):>10} "
               f"{fmt([o.hv for o in outs], 4):>10} {fmt([best_saving_by(o, b / 4, floor) for o in outs], 1):>16} "
               f"{fmt([best_saving_by(o, b / 2, floor) for o in outs], 1):>8} "
               f"{fmt([best_saving_by(o, float('inf'), floor) for o in outs], 1):>8}  "
               f"[{min(best_saving_by(o, float('inf'), floor) for o in outs):.1f}-"
               f"{max(best_saving_by(o, float('inf'), floor) for o in outs):.1f}]")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
-        "benchmark": "search_arms", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": "python benchmarks/search_arms.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                                   if k != "out"),
-        "machine": {"cpu": platform.machine(), "python": platform.python_version()}, "budget_j": b,
-        "quick": not args.full, "runs": record}, indent=2, default=str))
-    print(f"\nrecorded in {args.out}")
+    errors = [e for outs in results.values() for o in outs for e in o.model_errors]
+    if errors:
+        print(f"\nenergy model, each trial predicted from the trials before it (all arms, {len(errors)} predictions): "
+              f"median absolute error {statistics.median(errors):.1%}, 90th percentile "
+              f"{sorted(errors)[int(0.9 * (len(errors) - 1))]:.1%}")
+    save()
+    png = curves_png({arm: [([0.0, *o.spent_by_trial], [0.0, *o.hv_by_trial]) for o in outs] for arm, outs in results.items()},
+                     Path(args.out).with_suffix(".png"), f"search energy spent (J, {provenance})", "hypervolume",
+                     f"hypervolume against joules spent, {len(args.seeds)} seeds, one line per seed")
+    print(f"\nrecorded in {args.out}; hypervolume against joules in {png}")
 
 
 if __name__ == "__main__":

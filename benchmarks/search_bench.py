@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from greenknobs.config import Experiment, load_experiment
 from greenknobs.records import TrialRow
 from greenknobs.report import analysis
-from greenknobs.search import Search
+from greenknobs.search import Search, energy_model
 from greenknobs.search import study as studies
 from greenknobs.search.rows import all_rows
 from greenknobs.tracking import Tracker
@@ -31,6 +31,7 @@ class Outcome:
     hv_by_trial: list[float]
     spent_by_trial: list[float]
     provenance: str
+    model_errors: list[float]  # the energy model's error on each trial predicted from those before it
 
     @property
     def trials(self) -> int:
@@ -97,5 +98,6 @@ def summarise(exp: Experiment, study, label: str, wall: float) -> Outcome:
     floor = (base.validation_quality or 0.0) * (retained if maximize else 1 / retained)
     prog = analysis.progress(rows, maximize, floor)
     provs = {r.provenance for r in rows if r.provenance}
+    errors = energy_model.prequential_errors(exp, studies.energy_observations(study))
     return Outcome(label, rows, studies.spent_j(study), wall, prog.hypervolume if prog else [],
-                   prog.cumulative_spent_j if prog else [], "measured" if provs == {"measured"} else "modelled")
+                   prog.cumulative_spent_j if prog else [], "measured" if provs == {"measured"} else "modelled", errors)

@@ -189,3 +189,25 @@ def report_importance(importance: dict[str, dict[str, float]]) -> str:
                      for objective, imp in importance.items()])
     fig.update_layout(barmode="group", title="Knob importance per objective (Optuna, unsigned)", yaxis_title="importance")
     return _div(fig, "chart-importance")
+
+
+def curves_png(curves: dict[str, list[tuple[list[float], list[float]]]], path: Path, xlabel: str, ylabel: str,
+               title: str) -> Path:
+    """Step curves, one colour per label and one line per run under it (a benchmark's arms over
+    seeds: the spread is visible, not averaged away)."""
+    f, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, runs) in enumerate(curves.items()):
+        for j, (xs, ys) in enumerate(runs):
+            ax.step(xs, ys, where="post", c=colours[i % len(colours)], lw=1.2, alpha=0.8,
+                    label=label if j == 0 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    f.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f.savefig(path)
+    plt.close(f)
+    return path

@@ -107,3 +107,15 @@ def fit(exp: Experiment, observed: Sequence[tuple[dict[str, Any], float]]) -> En
         predicted = math.exp(c[0] + x[i] @ c[1:])
         errors.append(abs(predicted - data[i][1]) / data[i][1])
     return EnergyModel(features, _solve(x, y), center, scale, len(data), statistics.median(errors), max(errors))
+
+
+def prequential_errors(exp: Experiment, observed: Sequence[tuple[dict[str, Any], float]]) -> list[float]:
+    """Each trial predicted from the trials before it, as the search predicted it: the error on
+    combinations the model had not seen (|predicted - measured| / measured, in trial order)."""
+    errors = []
+    for i in range(MIN_TRIALS, len(observed)):
+        model = fit(exp, observed[:i])
+        values, measured = observed[i]
+        if model is not None and measured and measured > 0:
+            errors.append(abs(model.predict(values) - measured) / measured)
+    return errors
