@@ -104,6 +104,9 @@ class StopHopeless:
     # trial is scored on validation and stopped if, even with the largest gain completed trials made
     # from that rung to the end, a completed feasible trial predicted no costlier would still beat it
     rungs: tuple[float, ...] = (0.25, 0.5)
+    # a candidate predicted (less the energy model's error) dearer than the most accurate feasible
+    # trial is not started: it could reach the front only by beating every quality seen so far
+    before_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -511,9 +514,9 @@ def _stop_hopeless(raw: Any) -> StopHopeless:
     if isinstance(raw, bool):
         return StopHopeless(enabled=raw)
     raw = _mapping(raw, "stop_hopeless")
-    _reject_unknown(raw, ("enabled", "at_fraction", "below_floor", "rungs"), "stop_hopeless")
+    _reject_unknown(raw, ("enabled", "at_fraction", "below_floor", "rungs", "before_start"), "stop_hopeless")
     d = StopHopeless()
-    flags = {k: raw.get(k, getattr(d, k)) for k in ("enabled", "below_floor")}
+    flags = {k: raw.get(k, getattr(d, k)) for k in ("enabled", "below_floor", "before_start")}
     for k, v in flags.items():
         if not isinstance(v, bool):
             raise ConfigError(f"stop_hopeless.{k}", "expected true or false")
@@ -522,7 +525,8 @@ def _stop_hopeless(raw: Any) -> StopHopeless:
         raise ConfigError("stop_hopeless.rungs", "expected a list of fractions of training, e.g. [0.25, 0.5] ([] for none)")
     rungs = tuple(sorted(float(_number(r, "stop_hopeless.rungs", low=0.05, high=0.95)) for r in rungs))
     return StopHopeless(flags["enabled"], float(_number(raw.get("at_fraction", d.at_fraction), "stop_hopeless.at_fraction",
-                                                        low=0.05, high=0.95)), flags["below_floor"], rungs)
+                                                        low=0.05, high=0.95)), flags["below_floor"], rungs,
+                        flags["before_start"])
 
 
 def load_experiment(path: str | Path) -> Experiment:

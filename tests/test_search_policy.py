@@ -98,3 +98,28 @@ def test_a_trial_predicted_to_cross_the_energy_budget_does_not_start(tmp_path, m
     assert "the next trial was not started" in outcome.stopped_by and refused[0].user_attrs["spent"]["energy_j"] == 0.0
     assert spent <= 25 * 1.1, (spent, outcome.stopped_by)
     assert "user_meters" in sys.modules
+
+
+def test_a_candidate_predicted_dearer_than_the_most_accurate_trial_is_not_started(tmp_path):
+    """The most accurate feasible trial is the baseline (400 J, 0.95). A candidate predicted at 500 J
+    (10 % model error: at least 450 J) could reach the front only by beating 0.95: not started, with
+    the figures. One predicted at 420 J (at least 378 J) may undercut it: it runs; so does any
+    candidate without a model, or with ``before_start: false``."""
+    exp = experiment(tmp_path)
+    study = studies.open_study(exp)
+    baseline = studies.ask(study)
+    baseline.set_user_attr("baseline", True)
+    baseline.set_user_attr("summary", {"trivial_quality": 0.1, "feasible": True})
+    studies.tell(study, baseline, (400.0, 0.95))
+    policy = HopelessStop(exp)
+    assert policy.dominated_at_start(study, lambda: (500.0, 0.1)) is None  # one feasible trial: too few to judge
+    for energy, quality in ((100.0, 0.90), (150.0, 0.85)):
+        t = studies.ask(study)
+        t.set_user_attr("summary", {"feasible": True})
+        studies.tell(study, t, (energy, quality))
+    skip = policy.dominated_at_start(study, lambda: (500.0, 0.1))
+    assert skip is not None and "500 J" in skip and "450 J" in skip and "400 J" in skip and "0.9500" in skip
+    assert policy.dominated_at_start(study, lambda: (420.0, 0.1)) is None
+    assert policy.dominated_at_start(study, lambda: None) is None
+    off = HopelessStop(experiment(tmp_path, stop_hopeless={"before_start": False}))
+    assert off.dominated_at_start(study, lambda: (500.0, 0.1)) is None

@@ -115,6 +115,10 @@ class Objective:
         refusal = None if is_baseline or self.isolation else self._over_budget(study, values)
         if refusal is not None:
             return self._not_started(trial, refusal)
+        skip = None if is_baseline or self.isolation else self.policies.hopeless.dominated_at_start(
+            study, self._predictor(study, values))
+        if skip is not None:
+            return self._not_started(trial, skip, ends_search=False)
         if not is_baseline:
             self._baseline(study)  # read now: summarising the result must not need the database
         changed = {k: v for k, v in values.items() if v != exp.baseline_values().get(k)}
@@ -221,8 +225,9 @@ class Objective:
         return (f"not started: its predicted energy, {predicted:,.0f} J, would cross the energy budget "
                 f"({left:,.0f} J of {budget:,.0f} J left; {model.describe()})")
 
-    def _not_started(self, trial: Trial, reason: str) -> Outcome:
-        self.budget_stop = reason
+    def _not_started(self, trial: Trial, reason: str, ends_search: bool = True) -> Outcome:
+        if ends_search:
+            self.budget_stop = reason
         if self.reporter:
             self.reporter.trial_done(trial.number, None, reason, self.progress.left(), None, stopped=True)
         return Outcome(PRUNED, attrs={"stop_reason": reason, "not_started": True,
