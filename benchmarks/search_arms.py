@@ -7,9 +7,12 @@ Arms (same experiment space and seed per round, run one after the other, alone, 
   default  TPE with phase reuse and the halfway stop (trivial level, below the floor): the search
            before the energy model
   new      the current default: also successive halving on two objectives at rungs 25 % and 50 % of
-           training (stopping trials that cannot reach the front, by the energy model's prediction)
+           training (stopping trials that cannot reach the front, by the energy model's prediction),
+           candidates predicted dearer than the most accurate trial not started, and TPE weighing its
+           candidates by expected improvement per predicted joule (cost-aware)
   random   random sampling, no reuse, no stops
-  hand     the seed study's hand method: each knob value alone, then the best values combined
+  hand     the seed study's hand method: each knob value alone, then the best values combined (no
+           reuse, no stops)
 Every arm keeps the energy budget as a promise (a trial predicted to cross it is not started).
 
 Prints, per arm over the seeds: joules spent, trials, hypervolume at the end and at 1/4, 1/2 of the
@@ -35,12 +38,13 @@ from greenknobs.config import Reuse, StopHopeless
 from greenknobs.report.plots import curves_png
 
 ROOT = Path(__file__).resolve().parents[1]
+OFF = StopHopeless(enabled=False)
 ARMS = {
-    "plain": {"reuse": Reuse(enabled=False), "stop_hopeless": StopHopeless(enabled=False)},
-    "default": {"stop_hopeless": StopHopeless(rungs=())},
+    "plain": {"reuse": Reuse(enabled=False), "stop_hopeless": OFF, "cost_aware": False},
+    "default": {"stop_hopeless": StopHopeless(rungs=(), before_start=False), "cost_aware": False},
     "new": {},
-    "random": {"sampler": "random", "reuse": Reuse(enabled=False), "stop_hopeless": StopHopeless(enabled=False)},
-    "hand": {"reuse": Reuse(enabled=False)},
+    "random": {"sampler": "random", "reuse": Reuse(enabled=False), "stop_hopeless": OFF},
+    "hand": {"reuse": Reuse(enabled=False), "stop_hopeless": OFF},
 }
 
 

@@ -30,7 +30,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
 TOP_LEVEL = ("name", "description", "pipeline", "knobs", "objectives", "constraints", "budget", "sampler",
              "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless",
-             "report", "artifacts")
+             "report", "artifacts", "cost_aware")
 QUICK_KEYS = ("trials", "timeout_s", "energy_j", "pipeline")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CLASS_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:ClassName
@@ -151,6 +151,8 @@ class Experiment:
     deployment: Deployment = field(default_factory=Deployment)
     keep_artifacts: bool = False  # artifacts: {keep: true} keeps what frameworks write in a trial (checkpoints)
     accept_changes: bool = False  # --accept-changes: continue a study whose data, code or libraries changed
+    # TPE weighs its candidates by expected improvement per predicted joule (the energy model)
+    cost_aware: bool = True
 
     @property
     def searched_knobs(self) -> tuple[KnobSetting, ...]:
@@ -432,6 +434,9 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     sampler = raw.get("sampler", "tpe")
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ConfigError("sampler", f"{shown(sampler)} is not one of {', '.join(SAMPLERS)}")
+    cost_aware = raw.get("cost_aware", True)
+    if not isinstance(cost_aware, bool):
+        raise ConfigError("cost_aware", f"expected true or false, got {shown(cost_aware)}")
     seed = _number(raw.get("seed", 42), "seed", integer=True, low=0, high=2**32 - 1)
     device = raw.get("device", "auto")
     if not isinstance(device, str) or device not in ("auto", "cpu", "cuda"):
@@ -482,7 +487,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(description),
         quick=quick, source=source, energy_budget_j=energy_budget_j, reuse=reuse, stop_hopeless=stop_hopeless,
         deployment=_deployment(raw.get("report")),
-        keep_artifacts=_artifacts(raw.get("artifacts")),
+        keep_artifacts=_artifacts(raw.get("artifacts")), cost_aware=cost_aware,
     )
 
 

@@ -101,6 +101,10 @@ class Objective:
         # settings that do nothing in this combination go back to the baseline: no energy on duplicates
         values, notes = canonicalise(sampled, exp.baseline_values())
         trial.set_user_attr("knob_values", values)
+        weighing = getattr(study.sampler, "last_weighing", None)  # the cost-aware sampler's, for this proposal
+        if weighing:
+            trial.set_user_attr("cost_weighing", weighing)
+            study.sampler.last_weighing = None
         if notes:
             trial.set_user_attr("canonicalised", notes)
         index = self.progress.started()
@@ -203,6 +207,18 @@ class Objective:
         if self._models.get(objective, (None, None))[0] != key:
             self._models[objective] = (key, energy_model.fit(self.exp, observed))
         return self._models[objective][1]
+
+    def sampling_cost(self, study: Study) -> tuple[Callable[[dict[str, Any]], float], float] | None:
+        """What the cost-aware sampler weighs candidates with: the energy a trial is predicted to
+        spend, and the weight of that cost now -- the share of the energy budget (else of the trial
+        budget) still unspent, so cost counts fully at the start and not at all at the end."""
+        model = self.energy_model(study, objective=False)
+        if model is None:
+            return None
+        budget = self.exp.energy_budget_j
+        left = (1.0 - studies.spent_j(study) / budget) if budget else (1.0 - studies.budget_used(study) / self.exp.trials)
+        base = self.exp.baseline_values()
+        return (lambda sampled: model.predict({**base, **sampled})), min(1.0, max(0.0, left))
 
     def _predictor(self, study: Study, values: dict[str, Any]) -> Callable[[], tuple[float, float] | None]:
         """This trial's predicted objective energy and the model's median error, asked for at a rung."""

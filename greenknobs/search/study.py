@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -169,11 +170,62 @@ def expected_trials(exp: Experiment, baseline_j: float | None = None) -> int:
     return max(1, min(exp.trials, int(exp.energy_budget_j / (0.5 * baseline_j))))
 
 
-def _sampler(exp: Experiment, seed: int | None = None, baseline_j: float | None = None) -> optuna.samplers.BaseSampler:
+# what a cost-aware sampler asks the search for: a trial's predicted cost from its knob values, and
+# how much the cost should weigh now (1 at the start, falling to 0 as the budget is spent)
+SamplingCost = Callable[[optuna.Study], "tuple[Callable[[dict[str, Any]], float], float] | None"]
+
+
+class CostAwareTPE(optuna.samplers.TPESampler):
+    """Multivariate TPE whose candidates are ranked by expected improvement per predicted joule.
+
+    TPE draws ``n_ei_candidates`` joint candidates from the good trials' density l(x) and keeps the
+    one with the largest log l(x) - log g(x) (its expected-improvement proxy). Here that score is
+    lowered by alpha x log(predicted cost): EI per joule (Snoek et al. 2012, "EI per second"), with
+    the cost weight cooled from 1 to 0 as the energy budget is spent (Lee et al. 2020, CArBO), so
+    cheap candidates are preferred early and the search is free to pay for quality late.
+    Relies on TPESampler._sample/_compute_acquisition_func (Optuna 4-5; pyproject bounds it below
+    6, and tests/test_search_policy.py fails if the hook stops being called)."""
+
+    def __init__(self, *args: Any, cost: SamplingCost, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._cost = cost
+        self._context: tuple[optuna.Study, dict[str, Any]] | None = None
+        self.last_weighing: dict[str, Any] | None = None  # what the latest proposal was weighed with
+
+    def _sample(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        self._context = (study, search_space)
+        try:
+            return super()._sample(study, trial, search_space)
+        finally:
+            self._context = None
+
+    def _compute_acquisition_func(self, samples: dict[str, Any], mpe_below: Any, mpe_above: Any) -> Any:
+        scores = super()._compute_acquisition_func(samples, mpe_below, mpe_above)
+        context = self._context
+        cost = self._cost(context[0]) if context else None
+        if context is None or cost is None or not samples:
+            return scores
+        predict, alpha = cost
+        space = context[1]
+        n = len(next(iter(samples.values())))
+        predicted = np.array([predict({name: space[name].to_external_repr(samples[name][i]) for name in samples})
+                              for i in range(n)])
+        weighed = scores - alpha * np.log(np.maximum(predicted, 1e-9))
+        self.last_weighing = {"alpha": alpha, "candidates": n, "cheapest_j": float(predicted.min()),
+                              "dearest_j": float(predicted.max()),
+                              "chosen_j": float(predicted[int(np.argmax(weighed))]),
+                              "unweighed_choice_j": float(predicted[int(np.argmax(scores))])}
+        return weighed
+
+
+def _sampler(exp: Experiment, seed: int | None = None, baseline_j: float | None = None,
+             cost: SamplingCost | None = None) -> optuna.samplers.BaseSampler:
     seed = exp.seed if seed is None else seed
     startup = min(10, max(4, expected_trials(exp, baseline_j) // 3))  # sized by the budget that binds
     if exp.sampler == "tpe":
         # Few trials: start modelling early (default 10 random starts would be most of the budget).
+        if exp.cost_aware and cost is not None:
+            return CostAwareTPE(seed=seed, multivariate=True, n_startup_trials=startup, cost=cost)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
     if exp.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, exp.trials // 2)))

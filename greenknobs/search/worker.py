@@ -212,7 +212,8 @@ class Worker:
             study.set_user_attr("workers", [*workers, self.identity])
             self.sampler_seed = studies.sampler_seed(exp, len(workers))
             base = studies.baseline_trial(study)
-            study.sampler = studies._sampler(exp, self.sampler_seed, base.values[0] if base and base.values else None)
+            study.sampler = studies._sampler(exp, self.sampler_seed, base.values[0] if base and base.values else None,
+                                             cost=None if self.isolation else self.objective.sampling_cost)
         self.study = study
         return study
 
@@ -384,7 +385,8 @@ class Worker:
                 return
             if outcome.state == COMPLETE and trial.user_attrs.get("baseline") and outcome.values:
                 # the baseline's energy says how many trials the energy budget allows: size the start-up on it
-                study.sampler = studies._sampler(self.exp, self.sampler_seed, outcome.values[0])
+                study.sampler = studies._sampler(self.exp, self.sampler_seed, outcome.values[0],
+                                                 cost=None if self.isolation else self.objective.sampling_cost)
             if outcome.state == FAIL and trial.user_attrs.get("baseline"):
                 raise GreenknobsError(f"the baseline trial failed ({outcome.attrs.get('fail_reason')}); every "
                                       "other trial is compared with it, so the search stops here") from None
