@@ -68,7 +68,8 @@ def _load(args) -> Any:
         exp = exp.quick_variant()
     return exp.with_overrides(trials=getattr(args, "trials", None), storage=getattr(args, "storage", None),
                               mlflow_uri=getattr(args, "mlflow_uri", None),
-                              accept_changes=getattr(args, "accept_changes", None) or None)
+                              accept_changes=getattr(args, "accept_changes", None) or None,
+                              warm_start=getattr(args, "warm_start", None))
 
 
 def cmd_validate(args) -> int:
@@ -387,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accept-changes", action="store_true",
                    help="continue a study although its data, code or libraries changed since it started (recorded on "
                         "the study; stored phase outputs are dropped)")
+    s.add_argument("--warm-start", action="append", metavar="STUDY",
+                   help="learn from an earlier study of this pipeline on this machine: quick (its --quick study), "
+                        "isolation, or a study name in the same storage; repeatable (overrides warm_start:)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("pareto", help="print the Pareto front of an experiment's study")

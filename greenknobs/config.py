@@ -30,7 +30,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
 TOP_LEVEL = ("name", "description", "pipeline", "knobs", "objectives", "constraints", "budget", "sampler",
              "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless",
-             "report", "artifacts", "cost_aware")
+             "report", "artifacts", "cost_aware", "warm_start")
 QUICK_KEYS = ("trials", "timeout_s", "energy_j", "pipeline")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CLASS_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:ClassName
@@ -153,6 +153,8 @@ class Experiment:
     accept_changes: bool = False  # --accept-changes: continue a study whose data, code or libraries changed
     # TPE weighs its candidates by expected improvement per predicted joule (the energy model)
     cost_aware: bool = True
+    # earlier studies whose trials inform the sampler and the energy model: quick, isolation, or a name
+    warm_start: tuple[str, ...] = ()
 
     @property
     def searched_knobs(self) -> tuple[KnobSetting, ...]:
@@ -180,8 +182,10 @@ class Experiment:
                        energy_budget_j=q.get("energy_j", self.energy_budget_j))
 
     def with_overrides(self, trials: int | None = None, storage: str | None = None,
-                       mlflow_uri: str | None = None, accept_changes: bool | None = None) -> Experiment:
+                       mlflow_uri: str | None = None, accept_changes: bool | None = None,
+                       warm_start: list[str] | None = None) -> Experiment:
         return replace(self, trials=trials if trials is not None else self.trials,
+                       warm_start=tuple(warm_start) if warm_start else self.warm_start,
                        storage=storage or self.storage, mlflow_uri=mlflow_uri or self.mlflow_uri,
                        accept_changes=self.accept_changes if accept_changes is None else accept_changes)
 
@@ -437,6 +441,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     cost_aware = raw.get("cost_aware", True)
     if not isinstance(cost_aware, bool):
         raise ConfigError("cost_aware", f"expected true or false, got {shown(cost_aware)}")
+    warm_start = _warm_start(raw.get("warm_start", []))
     seed = _number(raw.get("seed", 42), "seed", integer=True, low=0, high=2**32 - 1)
     device = raw.get("device", "auto")
     if not isinstance(device, str) or device not in ("auto", "cpu", "cuda"):
@@ -487,8 +492,18 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         repeats=repeats, storage=storage, mlflow_uri=mlflow_uri, description=str(description),
         quick=quick, source=source, energy_budget_j=energy_budget_j, reuse=reuse, stop_hopeless=stop_hopeless,
         deployment=_deployment(raw.get("report")),
-        keep_artifacts=_artifacts(raw.get("artifacts")), cost_aware=cost_aware,
+        keep_artifacts=_artifacts(raw.get("artifacts")), cost_aware=cost_aware, warm_start=warm_start,
     )
+
+
+def _warm_start(raw: Any) -> tuple[str, ...]:
+    """``warm_start``: a list of earlier studies -- ``quick``, ``isolation`` or a study name."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(n, str) and NAME_RE.fullmatch(n) for n in raw):
+        raise ConfigError("warm_start", f"expected a list of study names (quick, isolation, or a study in this "
+                                        f"storage), got {shown(raw)}")
+    return tuple(dict.fromkeys(raw))
 
 
 def _artifacts(raw: Any) -> bool:

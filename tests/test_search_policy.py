@@ -156,3 +156,51 @@ def test_the_cost_aware_sampler_proposes_cheaper_candidates_by_expected_improvem
     assert any(w["chosen_j"] < w["unweighed_choice_j"] for w in weighings)
     assert sum(aware[startup:]) < sum(plain[startup:])
     assert cooled == plain
+
+
+def _search(exp):
+    from greenknobs.search import Search
+    from greenknobs.tracking import Tracker
+
+    tracker = Tracker(exp.mlflow_uri, exp.name)
+    try:
+        return Search(exp, tracker).run().study
+    finally:
+        tracker.end_study()
+
+
+def test_a_warm_start_informs_the_sampler_and_the_energy_model_from_the_first_trial(tmp_path, monkeypatch):
+    """An earlier study (8 trials) warm-starts a new one of the same pipeline on this machine: the
+    new study's first trial after its baseline is already a model-based, cost-weighed proposal (no
+    random start-up: TPE and the energy model both learned from the earlier trials, rescaled by
+    the two baselines), the study states what the warm start contributed, and nothing of the
+    earlier study enters the new one. A missing source, or one from another machine, is refused."""
+    import pytest
+
+    from greenknobs.errors import GreenknobsError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    common = {"meter": {"name": "user_meters:WallClockMeter", "params": {"watts": 10.0}}, "reuse": False,
+              "pipeline": {"name": "greenknobs.testing.standin:SleepPipeline", "phase_s": 0.0, "training_s_per_unit": 0.002},
+              "stop_hopeless": {"enabled": False}}
+    source = _search(experiment(tmp_path, name="earlier", sampler="random", budget={"trials": 8}, **common))
+    assert len([t for t in source.trials if t.state.name == "COMPLETE"]) >= 6
+
+    cold = _search(experiment(tmp_path, name="cold", budget={"trials": 2}, **common))
+    assert not any(t.user_attrs.get("cost_weighing") for t in cold.trials)  # a random start-up trial
+
+    warm = _search(experiment(tmp_path, name="warm", budget={"trials": 2}, warm_start=["earlier"], **common))
+    assert len(warm.trials) == 2  # its own baseline and one trial: nothing copied in
+    weighing = warm.trials[1].user_attrs.get("cost_weighing")
+    assert weighing and weighing["candidates"] == 24 and weighing["alpha"] > 0
+    stated = warm.user_attrs["warm_start"]["sources"][0]
+    assert stated["study"] == "earlier" and stated["trials"] == len(
+        [t for t in source.trials if t.state.name == "COMPLETE" and t.user_attrs.get("duplicate_of") is None])
+    assert stated["energy_scale"] and 0.2 < stated["energy_scale"] < 5 and stated["quality_scale"] == 1.0
+
+    with pytest.raises(GreenknobsError, match="no study 'never-ran'"):
+        _search(experiment(tmp_path, name="w2", budget={"trials": 2}, warm_start=["never-ran"], **common))
+    source.set_user_attr("hardware", {"cpu": "another CPU", "cores": 64, "gpus": [], "meter": "zeus"})
+    with pytest.raises(GreenknobsError, match="another CPU x64.*say nothing about this machine"):
+        _search(experiment(tmp_path, name="w3", budget={"trials": 2}, warm_start=["earlier"], **common))

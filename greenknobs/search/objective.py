@@ -34,6 +34,7 @@ from greenknobs.search.figures import constraint_names, constraint_values, relat
 from greenknobs.search.policies import FailureStreak, HopelessStop, InferenceVariants, TwinReuse
 from greenknobs.search.progress import Progress, Reporter
 from greenknobs.search.study import FrozenTrial, Study, Trial
+from greenknobs.search.warm_start import WarmStart
 
 COMPLETE, PRUNED, FAIL = "complete", "pruned", "fail"
 
@@ -91,6 +92,7 @@ class Objective:
         self.host_workers: HostWorkers | None = None
         self.current_run: str | None = None
         self._base: FrozenTrial | None = None
+        self.warm: WarmStart | None = None  # set by the worker once the study is open
 
     def __call__(self, study: Study, trial: Trial) -> Outcome:
         exp = self.exp
@@ -203,6 +205,8 @@ class Objective:
         """The study's energy model (refitted when more trials have completed): the objective's
         energy, or the trials' total attributed energy (``objective=False``, what the budget needs)."""
         observed = studies.energy_observations(study, objective)
+        if self.warm is not None:  # earlier studies' trials, on this study's scale
+            observed = self.warm.observations(study, objective) + observed
         key = (objective, len(observed))
         if self._models.get(objective, (None, None))[0] != key:
             self._models[objective] = (key, energy_model.fit(self.exp, observed))
@@ -216,7 +220,9 @@ class Objective:
         if model is None:
             return None
         budget = self.exp.energy_budget_j
-        left = (1.0 - studies.spent_j(study) / budget) if budget else (1.0 - studies.budget_used(study) / self.exp.trials)
+        # the trial being proposed already counts as used: the ones before it are what was spent
+        left = (1.0 - studies.spent_j(study) / budget) if budget else \
+            (1.0 - max(0, studies.budget_used(study) - 1) / self.exp.trials)
         base = self.exp.baseline_values()
         return (lambda sampled: model.predict({**base, **sampled})), min(1.0, max(0.0, left))
 

@@ -4,6 +4,7 @@ write it under runs/<name>/report/, and log it to the study's parent MLflow run.
 from __future__ import annotations
 
 import importlib.metadata
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from greenknobs.search.ablation import isolation_experiment
 from greenknobs.search.publish import results_dir
 from greenknobs.search.rows import all_rows, front_rows
 from greenknobs.search.runner import study_carbon_intensity
+from greenknobs.search.study import Study
 
 PACKAGES = ("greenknobs", "torch", "transformers", "optuna", "mlflow", "codecarbon", "zeus", "scikit-learn", "peft")
 
@@ -83,6 +85,30 @@ def data_facts(exp: Experiment, study) -> dict[str, Any]:
             "duplicates_dropped_before_split": summary.get("duplicates_dropped")}
 
 
+def search_policies(study: Study) -> dict[str, str]:
+    """What steered the search besides TPE: the warm start, the cost-aware weighing, the trials
+    not started because they were predicted dominated -- stated from what each trial recorded."""
+    out: dict[str, str] = {}
+    warm = study.user_attrs.get("warm_start")
+    if warm:
+        out["warm start"] = "; ".join(
+            f"{s['study']} ({s['trials']} trials" + (f", energy x{s['energy_scale']:.3g}, quality x{s['quality_scale']:.3g}"
+                                                      if s.get("energy_scale") else "") + ")"
+            for s in warm["sources"]) + f" -- informs {warm['informs']}"
+    weighed = [t.user_attrs["cost_weighing"] for t in study.trials if t.user_attrs.get("cost_weighing")]
+    if weighed:
+        moved = [w for w in weighed if w["chosen_j"] < w["unweighed_choice_j"]]
+        out["cost-aware proposals"] = (
+            f"{len(weighed)} proposals weighed by expected improvement per predicted joule; {len(moved)} moved to a "
+            "cheaper candidate" + (f" (median predicted {statistics.median(w['chosen_j'] for w in moved):,.0f} J instead "
+                                  f"of {statistics.median(w['unweighed_choice_j'] for w in moved):,.0f} J)" if moved else ""))
+    skipped = [t for t in study.trials if t.user_attrs.get("not_started") and
+               "most accurate feasible" in (t.user_attrs.get("stop_reason") or "")]
+    if skipped:
+        out["predicted dominated, not started"] = f"{len(skipped)} trials ({', '.join(str(t.number) for t in skipped)})"
+    return out
+
+
 def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
     study = studies.open_study(exp, create=False)
     iso_rows = []
@@ -111,6 +137,7 @@ def gather(exp: Experiment) -> tuple[ReportInputs, int | None, int | None]:
         reproducibility["code digest"] = produced["code"]
     model = energy_model.fit(exp, studies.energy_observations(study))  # what the search predicted energy with
     reproducibility["energy model"] = model.describe() if model else f"not fitted (fewer than {energy_model.MIN_TRIALS} trials)"
+    reproducibility.update(search_policies(study))
     for accepted in study.user_attrs.get("accepted_changes", []):
         reproducibility[f"changes accepted {accepted['at']}"] = "; ".join(accepted["changed"])
     carbon = {**study_carbon_intensity(exp), "country_iso_code": exp.carbon.country_iso_code, "region": exp.carbon.region}

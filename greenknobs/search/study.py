@@ -175,34 +175,56 @@ def expected_trials(exp: Experiment, baseline_j: float | None = None) -> int:
 SamplingCost = Callable[[optuna.Study], "tuple[Callable[[dict[str, Any]], float], float] | None"]
 
 
-class CostAwareTPE(optuna.samplers.TPESampler):
-    """Multivariate TPE whose candidates are ranked by expected improvement per predicted joule.
+# trials of earlier studies, re-expressed on this study's scale (warm starts); [] before its baseline
+PriorTrials = Callable[[optuna.Study], list[FrozenTrial]]
 
-    TPE draws ``n_ei_candidates`` joint candidates from the good trials' density l(x) and keeps the
-    one with the largest log l(x) - log g(x) (its expected-improvement proxy). Here that score is
-    lowered by alpha x log(predicted cost): EI per joule (Snoek et al. 2012, "EI per second"), with
-    the cost weight cooled from 1 to 0 as the energy budget is spent (Lee et al. 2020, CArBO), so
-    cheap candidates are preferred early and the search is free to pay for quality late.
-    Relies on TPESampler._sample/_compute_acquisition_func (Optuna 4-5; pyproject bounds it below
-    6, and tests/test_search_policy.py fails if the hook stops being called)."""
 
-    def __init__(self, *args: Any, cost: SamplingCost, **kwargs: Any):
+class _WithPrior:
+    """The study as the sampler sees it: its own trials plus a warm start's (re-expressed ones)."""
+
+    def __init__(self, study: optuna.Study, prior: list[FrozenTrial]):
+        self._study, self._prior = study, prior
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        own = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return own + [t for t in self._prior if states is None or t.state in states]
+
+
+class EnergyAwareTPE(optuna.samplers.TPESampler):
+    """Multivariate TPE that ranks candidates by expected improvement per predicted joule, and
+    that may learn from earlier studies' trials (a warm start).
+
+    Cost: TPE draws ``n_ei_candidates`` joint candidates from the good trials' density l(x) and
+    keeps the one with the largest log l(x) - log g(x) (its expected-improvement proxy). Here that
+    score is lowered by alpha x log(predicted cost): EI per joule (Snoek et al. 2012, "EI per
+    second"), the cost weight cooled from 1 to 0 as the energy budget is spent (Lee et al. 2020,
+    CArBO), so cheap candidates come first and the search is free to pay for quality late.
+    Prior: the warm start's trials join the study's own wherever TPE reads them (start-up count,
+    the good/poor split, both densities); they are never written to the study.
+    Relies on TPESampler._sample_relative/_sample/_compute_acquisition_func (Optuna 4-5; pyproject
+    bounds it below 6, and tests/test_search_policy.py fails if the hooks stop being called)."""
+
+    def __init__(self, *args: Any, cost: SamplingCost | None = None, prior: PriorTrials | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._cost = cost
+        self._cost, self._prior = cost, prior
         self._context: tuple[optuna.Study, dict[str, Any]] | None = None
         self.last_weighing: dict[str, Any] | None = None  # what the latest proposal was weighed with
 
-    def _sample(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+    def _sample_relative(self, study: Any, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        prior = self._prior(study) if self._prior else []
         self._context = (study, search_space)
         try:
-            return super()._sample(study, trial, search_space)
+            return super()._sample_relative(_WithPrior(study, prior) if prior else study, trial, search_space)
         finally:
             self._context = None
 
     def _compute_acquisition_func(self, samples: dict[str, Any], mpe_below: Any, mpe_above: Any) -> Any:
         scores = super()._compute_acquisition_func(samples, mpe_below, mpe_above)
         context = self._context
-        cost = self._cost(context[0]) if context else None
+        cost = self._cost(context[0]) if context and self._cost else None
         if context is None or cost is None or not samples:
             return scores
         predict, alpha = cost
@@ -219,13 +241,14 @@ class CostAwareTPE(optuna.samplers.TPESampler):
 
 
 def _sampler(exp: Experiment, seed: int | None = None, baseline_j: float | None = None,
-             cost: SamplingCost | None = None) -> optuna.samplers.BaseSampler:
+             cost: SamplingCost | None = None, prior: PriorTrials | None = None) -> optuna.samplers.BaseSampler:
     seed = exp.seed if seed is None else seed
     startup = min(10, max(4, expected_trials(exp, baseline_j) // 3))  # sized by the budget that binds
     if exp.sampler == "tpe":
         # Few trials: start modelling early (default 10 random starts would be most of the budget).
-        if exp.cost_aware and cost is not None:
-            return CostAwareTPE(seed=seed, multivariate=True, n_startup_trials=startup, cost=cost)
+        if (exp.cost_aware and cost is not None) or prior is not None:
+            return EnergyAwareTPE(seed=seed, multivariate=True, n_startup_trials=startup,
+                                  cost=cost if exp.cost_aware else None, prior=prior)
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
     if exp.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, exp.trials // 2)))
@@ -290,6 +313,29 @@ def open_study(exp: Experiment, create: bool = True, heartbeat_s: float = HEARTB
                                       f"(changed: {', '.join(changed)}); its baseline would no longer match. "
                                       "Give the experiment a new `name:` or use another storage")
     return study
+
+
+def source_study(exp: Experiment, name: str) -> tuple[dict[str, Any], list[FrozenTrial]]:
+    """An earlier study in the experiment's storage (a warm start's source): its attributes and the
+    completed trials that ran (not duplicates answered from another trial)."""
+    try:
+        source = optuna.load_study(study_name=name, storage=make_storage(exp.storage))
+    except KeyError:
+        raise GreenknobsError(f"warm_start: no study {name!r} in {mask_password(exp.storage)} (run it first, or "
+                              "name a study that exists there)") from None
+    done = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and len(t.values) > 1 and t.user_attrs.get("duplicate_of") is None and t.user_attrs.get("knob_values")]
+    return dict(source.user_attrs), done
+
+
+def rescaled(trial: FrozenTrial, energy_scale: float, quality_scale: float, source: str) -> FrozenTrial:
+    """A source study's trial on this study's scale: its objectives multiplied by the ratio of the
+    two baselines (energy effects compound multiplicatively, so they carry across data sizes)."""
+    return optuna.trial.create_trial(
+        params=trial.params, distributions=trial.distributions,
+        values=[trial.values[0] * energy_scale, trial.values[1] * quality_scale],
+        user_attrs={"knob_values": trial.user_attrs["knob_values"], "warm_from": f"{source}#{trial.number}"},
+        system_attrs=dict(trial.system_attrs))
 
 
 def suggest(trial: Trial, setting: KnobSetting) -> Any:

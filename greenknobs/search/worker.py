@@ -32,7 +32,8 @@ from greenknobs.meters.base import EnergyMeter
 from greenknobs.meters.noise import measure_idle_power
 from greenknobs.phases import PhaseResult, combine_provenance
 from greenknobs.pipeline import run_trial
-from greenknobs.search import freshness
+from greenknobs.runtime import machine
+from greenknobs.search import freshness, warm_start
 from greenknobs.search import study as studies
 from greenknobs.search.coordination import (
     DATABASE,
@@ -191,6 +192,12 @@ class Worker:
         with lock.held():
             study = studies.open_study(exp, heartbeat_s=self.heartbeat_s, grace_s=self.grace_s)
             self._check_fresh(study)  # the same data, code and libraries the study started on, or refused
+            hardware = {**{k: v for k, v in machine().items() if k in ("cpu", "cores", "gpus")},
+                        "meter": self.meter_choice.get("name")}
+            if "hardware" not in study.user_attrs:  # what a later study warm-starting from this one checks
+                study.set_user_attr("hardware", hardware)
+            if not self.isolation:
+                self.objective.warm = warm_start.load(exp, hardware)
             studies.name_objectives(study, exp)
             parent = self.tracker.start_study(exp, study.study_name, carbon=self.objective.carbon,
                                               idle_power=self.objective.idle_power, meter=self.meter_choice,
@@ -212,10 +219,22 @@ class Worker:
             study.set_user_attr("workers", [*workers, self.identity])
             self.sampler_seed = studies.sampler_seed(exp, len(workers))
             base = studies.baseline_trial(study)
-            study.sampler = studies._sampler(exp, self.sampler_seed, base.values[0] if base and base.values else None,
-                                             cost=None if self.isolation else self.objective.sampling_cost)
+            study.sampler = self._sampler(base.values[0] if base and base.values else None)
+            self._note_warm_start(study)
         self.study = study
         return study
+
+    def _sampler(self, baseline_j: float | None):
+        """This worker's sampler: cost-aware (unless an isolation study), learning from a warm start."""
+        warm = self.objective.warm
+        return studies._sampler(self.exp, self.sampler_seed, baseline_j,
+                                cost=None if self.isolation else self.objective.sampling_cost,
+                                prior=warm.trials if warm is not None else None)
+
+    def _note_warm_start(self, study: Study) -> None:
+        """What the warm start contributes, stated on the study (and so in the report)."""
+        if self.objective.warm is not None:
+            study.set_user_attr("warm_start", self.objective.warm.describe(study))
 
     def _check_fresh(self, study: Study) -> None:
         """A study continues only on what its results were produced from: data and model content,
@@ -385,8 +404,8 @@ class Worker:
                 return
             if outcome.state == COMPLETE and trial.user_attrs.get("baseline") and outcome.values:
                 # the baseline's energy says how many trials the energy budget allows: size the start-up on it
-                study.sampler = studies._sampler(self.exp, self.sampler_seed, outcome.values[0],
-                                                 cost=None if self.isolation else self.objective.sampling_cost)
+                study.sampler = self._sampler(outcome.values[0])
+                self._note_warm_start(study)
             if outcome.state == FAIL and trial.user_attrs.get("baseline"):
                 raise GreenknobsError(f"the baseline trial failed ({outcome.attrs.get('fail_reason')}); every "
                                       "other trial is compared with it, so the search stops here") from None
