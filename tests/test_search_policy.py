@@ -133,9 +133,10 @@ def test_the_cost_aware_sampler_proposes_cheaper_candidates_by_expected_improvem
     exp = experiment(tmp_path, budget={"trials": 30})
     cost = lambda v: 10.0 * v["standin.width"] * v["standin.depth"]
 
-    def run(weight: float | None) -> tuple[list[float], list[dict]]:
-        study = studies.open_study(experiment(tmp_path / f"w{weight}", budget={"trials": 30}))
-        study.sampler = studies._sampler(exp, 0, None, cost=None if weight is None else (lambda s: (cost, weight)))
+    def run(weight: float | None, dominated=None) -> tuple[list[float], list[dict]]:
+        study = studies.open_study(experiment(tmp_path / f"w{weight}{dominated is not None}", budget={"trials": 30}))
+        study.sampler = studies._sampler(exp, 0, None, cost=None if weight is None else (
+            lambda s: studies.Weighing(cost, weight, dominated)))
         costs, weighings = [], []
         for _ in range(24):
             t = studies.ask(study)
@@ -147,7 +148,8 @@ def test_the_cost_aware_sampler_proposes_cheaper_candidates_by_expected_improvem
             costs.append(cost(v))
         return costs, weighings
 
-    (tmp_path / "wNone").mkdir(), (tmp_path / "w1.0").mkdir(), (tmp_path / "w0.0").mkdir()
+    for name in ("wNoneFalse", "w1.0False", "w0.0False", "w0.0True"):
+        (tmp_path / name).mkdir()
     plain, _ = run(None)
     aware, weighings = run(1.0)
     cooled, _ = run(0.0)
@@ -156,6 +158,9 @@ def test_the_cost_aware_sampler_proposes_cheaper_candidates_by_expected_improvem
     assert any(w["chosen_j"] < w["unweighed_choice_j"] for w in weighings)
     assert sum(aware[startup:]) < sum(plain[startup:])
     assert cooled == plain
+    # candidates predicted dominated (here: dearer than 120 J) are left out of every model-based proposal
+    bounded, weighings = run(0.0, dominated=lambda v: cost(v) > 120)
+    assert any(w["left_out_dominated"] for w in weighings) and max(bounded[startup:]) <= 120 < max(plain[startup:])
 
 
 def _search(exp):

@@ -212,10 +212,12 @@ class Objective:
             self._models[objective] = (key, energy_model.fit(self.exp, observed))
         return self._models[objective][1]
 
-    def sampling_cost(self, study: Study) -> tuple[Callable[[dict[str, Any]], float], float] | None:
-        """What the cost-aware sampler weighs candidates with: the energy a trial is predicted to
-        spend, and the weight of that cost now -- the share of the energy budget (else of the trial
-        budget) still unspent, so cost counts fully at the start and not at all at the end."""
+    def sampling_cost(self, study: Study) -> studies.Weighing | None:
+        """What the energy-aware sampler weighs candidates with: the energy a trial is predicted to
+        spend; the weight of that cost now -- the share of the energy budget (else of the trial
+        budget) still unspent, so cost counts fully at the start and not at all at the end; and
+        which candidates are predicted dominated (dearer, less the model's error, than the most
+        accurate feasible trial), left out."""
         model = self.energy_model(study, objective=False)
         if model is None:
             return None
@@ -224,7 +226,14 @@ class Objective:
         left = (1.0 - studies.spent_j(study) / budget) if budget else \
             (1.0 - max(0, studies.budget_used(study) - 1) / self.exp.trials)
         base = self.exp.baseline_values()
-        return (lambda sampled: model.predict({**base, **sampled})), min(1.0, max(0.0, left))
+        top = None if self.isolation else self.policies.hopeless.most_accurate(study)
+        objective_model = self.energy_model(study) if top is not None else None
+        dominated = None
+        if top is not None and objective_model is not None:
+            bar, err = top[0], objective_model.loo_median_error
+            dominated = lambda sampled: objective_model.predict({**base, **sampled}) * (1.0 - err) > bar
+        return studies.Weighing(cost=lambda sampled: model.predict({**base, **sampled}),
+                                alpha=min(1.0, max(0.0, left)), dominated=dominated)
 
     def _predictor(self, study: Study, values: dict[str, Any]) -> Callable[[], tuple[float, float] | None]:
         """This trial's predicted objective energy and the model's median error, asked for at a rung."""

@@ -95,27 +95,37 @@ class HopelessStop:
 
         return check
 
-    def dominated_at_start(self, study: Study, predict: Callable[[], tuple[float, float] | None]) -> str | None:
-        """Why a candidate need not run (``before_start``): its predicted energy, less the energy
-        model's error, is above that of the most accurate feasible trial, so it could reach the front
-        only by scoring better than every trial so far (the baseline included). Told PRUNED, so TPE
-        counts its region among the poor ones. None: it runs (also with no model or too few
-        feasible trials yet)."""
+    def most_accurate(self, study: Study) -> tuple[float, float] | None:
+        """(objective energy, validation quality) of the most accurate feasible trial (the cheapest
+        among ties): what a candidate must undercut to have a place on the front. None while the
+        dominance check is off or fewer than three feasible trials have finished."""
         exp = self.exp
         if not (exp.stop_hopeless.enabled and exp.stop_hopeless.before_start):
             return None
         points = studies.feasible_points(study)
-        predicted = predict() if len(points) >= REACH_MIN_TRIALS else None
-        if predicted is None:
+        if len(points) < REACH_MIN_TRIALS:
+            return None
+        sign = 1.0 if exp.objectives.quality_direction == "maximize" else -1.0
+        return max(points, key=lambda p: (sign * p[1], -p[0]))
+
+    def dominated_at_start(self, study: Study, predict: Callable[[], tuple[float, float] | None]) -> str | None:
+        """Why a candidate need not run (``before_start``): its predicted energy, less the energy
+        model's error, is above that of the most accurate feasible trial, so it could reach the front
+        only by scoring better than every trial so far (the baseline included). The sampler already
+        leaves such candidates out (EnergyAwareTPE); this catches what it could not (every
+        candidate dominated, random start-up proposals). Told PRUNED, so TPE counts its region among
+        the poor ones. None: it runs (also with no model or too few feasible trials yet)."""
+        top = self.most_accurate(study)
+        predicted = predict() if top is not None else None
+        if top is None or predicted is None:
             return None
         energy, error = predicted
-        sign = 1.0 if exp.objectives.quality_direction == "maximize" else -1.0
-        top_e, top_q = max(points, key=lambda p: (sign * p[1], -p[0]))
+        top_e, top_q = top
         if energy * (1.0 - error) <= top_e:
             return None
         return (f"not started: its predicted energy, {energy:,.0f} J (less the energy model's {error:.0%} error: "
                 f"{energy * (1.0 - error):,.0f} J), is above the {top_e:,.0f} J of the most accurate feasible "
-                f"trial (validation {exp.objectives.quality_metric} {top_q:.4f}); it could reach the front only "
+                f"trial (validation {self.exp.objectives.quality_metric} {top_q:.4f}); it could reach the front only "
                 "by scoring above every trial so far")
 
     def _floor_check(self, trial: Trial, fraction: float, quality: float, bar: float, floor: float | None,

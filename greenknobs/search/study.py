@@ -15,6 +15,7 @@ import functools
 import json
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,9 +171,16 @@ def expected_trials(exp: Experiment, baseline_j: float | None = None) -> int:
     return max(1, min(exp.trials, int(exp.energy_budget_j / (0.5 * baseline_j))))
 
 
-# what a cost-aware sampler asks the search for: a trial's predicted cost from its knob values, and
-# how much the cost should weigh now (1 at the start, falling to 0 as the budget is spent)
-SamplingCost = Callable[[optuna.Study], "tuple[Callable[[dict[str, Any]], float], float] | None"]
+@dataclass
+class Weighing:
+    """What the energy-aware sampler weighs candidates with, asked of the search at each proposal."""
+
+    cost: Callable[[dict[str, Any]], float]  # the energy a trial with these sampled values is predicted to spend
+    alpha: float  # how much cost weighs now: 1 at the start, falling to 0 as the budget is spent
+    dominated: Callable[[dict[str, Any]], bool] | None = None  # predicted dominated before it runs: left out
+
+
+SamplingCost = Callable[[optuna.Study], "Weighing | None"]
 
 
 # trials of earlier studies, re-expressed on this study's scale (warm starts); [] before its baseline
@@ -227,14 +235,17 @@ class EnergyAwareTPE(optuna.samplers.TPESampler):
         cost = self._cost(context[0]) if context and self._cost else None
         if context is None or cost is None or not samples:
             return scores
-        predict, alpha = cost
         space = context[1]
         n = len(next(iter(samples.values())))
-        predicted = np.array([predict({name: space[name].to_external_repr(samples[name][i]) for name in samples})
-                              for i in range(n)])
-        weighed = scores - alpha * np.log(np.maximum(predicted, 1e-9))
-        self.last_weighing = {"alpha": alpha, "candidates": n, "cheapest_j": float(predicted.min()),
-                              "dearest_j": float(predicted.max()),
+        candidates = [{name: space[name].to_external_repr(samples[name][i]) for name in samples} for i in range(n)]
+        predicted = np.array([cost.cost(c) for c in candidates])
+        weighed = scores - cost.alpha * np.log(np.maximum(predicted, 1e-9))
+        # candidates predicted dominated are not proposed (unless all are: the objective then refuses to run it)
+        dominated = np.array([cost.dominated(c) for c in candidates]) if cost.dominated else np.zeros(n, bool)
+        if not dominated.all():
+            weighed = np.where(dominated, -np.inf, weighed)
+        self.last_weighing = {"alpha": cost.alpha, "candidates": n, "left_out_dominated": int(dominated.sum()),
+                              "cheapest_j": float(predicted.min()), "dearest_j": float(predicted.max()),
                               "chosen_j": float(predicted[int(np.argmax(weighed))]),
                               "unweighed_choice_j": float(predicted[int(np.argmax(scores))])}
         return weighed
