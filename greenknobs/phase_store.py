@@ -12,8 +12,11 @@ Keys. Each boundary's *output key* chains: the previous phase's key, the phase's
 knobs that affect output; the first link hashes the pipeline's code (its module and the library's
 ml/ and knobs/ sources), options, data and model fingerprints, the seed and the library versions.
 The *cost key* adds what changes the cost but not the output (the hardware, the meter, the
-cost-only knobs: threads, dataloader workers, the power limit). An entry is reused only when both
-match, so the energy attributed to the reused phases is what they cost under the same conditions;
+cost-only knobs: threads, dataloader workers, the power limit; the number of greenknobs workers
+on the host). An entry is reused only when both match, so the energy attributed to the reused
+phases is what they cost under the same conditions. A phase measured while other processes
+contended for the CPUs keeps that mark in the entry, so every trial it is reused in shows it
+(the report's contention badge) -- refusing such entries would end reuse on any busy laptop;
 the objectives use that *attributed* energy (the sampler must not learn that repeating is cheap),
 while the search's own cost counts what was *spent* (the load).
 

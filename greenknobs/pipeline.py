@@ -371,6 +371,7 @@ def execute_trial(
     smoke: bool = False,
     workdir: Path | None = None,
     keep_artifacts: bool = False,
+    workers_on_host: int = 1,
 ) -> tuple[TrialResult, TrialContext]:
     """Run the pipeline on a ``Trial`` with these knob values, then verify every knob. Returns the
     result and the context the phases left (what verify read: tests re-judge it).
@@ -395,7 +396,7 @@ def execute_trial(
     start_state = process_state()
     session = None
     if store is not None and getattr(pipeline, "reusable", True):
-        session = ReuseSession(store, reuse_keys(pipeline, knob_values, runtime, meter, seed), meter,
+        session = ReuseSession(store, reuse_keys(pipeline, knob_values, runtime, meter, seed, workers_on_host), meter,
                                {"pipeline": pipeline.name, "trial": trial_number})
     metric = getattr(pipeline, "objective_metric", None)
     smoke = smoke or getattr(pipeline, "smoke_run", False)
@@ -452,17 +453,19 @@ def _settle_artifacts(workdir: Path, keep: bool) -> dict[str, Any]:
 
 
 def reuse_keys(pipeline: Pipeline, knob_values: list[tuple[Knob, Any]], runtime: Runtime, meter: EnergyMeter,
-               seed: int) -> dict[str, str]:
+               seed: int, workers_on_host: int = 1) -> dict[str, str]:
     """Boundary phase -> the key of the state after it: a chain of output keys (each phase's
     knobs that affect output on top of the previous phase's key) extended by what changes the
-    cost up to that point (phase_store.py)."""
+    cost up to that point (phase_store.py), the greenknobs workers sharing this host included:
+    a phase built beside two others costs more than alone, and its cost is what reuse attributes."""
     cls = type(pipeline)
     code = pipeline.code_files()
     output = digest({"pipeline": f"{cls.__module__}.{cls.__qualname__}", "code": fingerprint.code_digest(code),
                      "options": pipeline.options, "fingerprint": pipeline.fingerprint(), "seed": seed,
                      "libraries": fingerprint.library_versions(fingerprint.imports_of(code))})
     where = {"machine": {key: val for key, val in machine().items() if key in ("cpu", "cores", "gpus")},
-             "device": runtime.device, "meter": meter.label, "meter_params": meter.params()}
+             "device": runtime.device, "meter": meter.label, "meter_params": meter.params(),
+             "workers_on_host": workers_on_host}
     cost_only: dict[str, Any] = {}
     keys = {}
     for phase in PHASES[:PHASES.index(BOUNDARIES[-1]) + 1]:

@@ -33,11 +33,11 @@ def _values(pipeline, **overrides):
     return [(get_knob(n), v) for n, v in values.items()]
 
 
-def _run(pipeline, runtime, store, trial, **overrides):
+def _run(pipeline, runtime, store, trial, workers_on_host=1, **overrides):
     meter = CpuModelMeter()
     try:
         return execute_trial(pipeline, _values(pipeline, **overrides), meter, runtime, 0, store=store,
-                             trial_number=trial)
+                             trial_number=trial, workers_on_host=workers_on_host)
     finally:
         meter.close()
 
@@ -313,3 +313,30 @@ def test_a_trial_too_far_below_the_floor_stops_once_the_study_knows_how_much_tra
     # not before 3 completed trials; then 0.50 + 0.15 < 0.72 stops, 0.60 + 0.15 >= 0.72 runs on
     assert verdicts[:6] == [(n, q, "runs on") for n in range(3) for q in (0.5, 0.6)]
     assert verdicts[6:] == [(3, 0.5, "stopped"), (3, 0.6, "runs on")]
+
+
+def test_reuse_attributes_only_costs_built_under_the_same_conditions(tiny_pipeline, cpu_runtime, tmp_path, monkeypatch):
+    """The number of greenknobs workers on the host is part of the cost key (an entry built beside
+    two other workers is not reused alone); a phase measured while other processes contended for
+    the CPUs carries that mark into every trial that reuses it."""
+    from greenknobs.meters import host_load
+
+    quiet = dict(host_load.between(host_load.sample(), host_load.sample()), contended=False, others_cores=0.0)
+    monkeypatch.setattr(host_load, "between", lambda a, b: quiet)  # this machine may be busy: say so explicitly
+    store = PhaseStore(tmp_path / "reuse")
+    first, _ = _run(tiny_pipeline, cpu_runtime, store, 0, workers_on_host=3)
+    assert first.reuse["published"] == {"data": True, "model": True, "training": True}
+    alone, _ = _run(tiny_pipeline, cpu_runtime, store, 1, workers_on_host=1)
+    assert alone.reuse["status"] == "built"  # same outputs, other conditions: built again, not attributed 3 workers' cost
+    again, _ = _run(tiny_pipeline, cpu_runtime, store, 2, workers_on_host=3)
+    assert again.reuse["status"] == "reused" and again.reuse["from_trial"] == 0
+    assert not again.phases["training"].details["measurement"]["contended"]
+
+    busy = dict(quiet, contended=True, others_cores=1.5)
+    monkeypatch.setattr(host_load, "between", lambda a, b: busy)
+    other = PhaseStore(tmp_path / "other")
+    contended, _ = _run(tiny_pipeline, cpu_runtime, other, 3)
+    assert contended.phases["training"].details["measurement"]["contended"] is True
+    monkeypatch.setattr(host_load, "between", lambda a, b: quiet)
+    reused, _ = _run(tiny_pipeline, cpu_runtime, other, 4, **{"inference.batch_size": 4})
+    assert reused.reuse["status"] == "reused" and reused.phases["training"].details["measurement"]["contended"] is True

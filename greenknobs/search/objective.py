@@ -161,7 +161,8 @@ class Objective:
                                progress_check=None if is_baseline or self.isolation
                                else self.policies.hopeless.check_for(study, trial, self._predictor(study, values)),
                                trial_number=trial.number, workdir=exp.artifacts_dir / str(trial.number),
-                               keep_artifacts=exp.keep_artifacts)
+                               keep_artifacts=exp.keep_artifacts,
+                               workers_on_host=self.host_workers.count() if self.host_workers else 1)
             self._gpu_alone("after")
             extra = (result.reuse.get("load_j") or 0.0) * (result.reuse.get("status") != "reused") + \
                 (result.reuse.get("publish_j") or 0.0)  # the store's own reads and writes, outside the phases
