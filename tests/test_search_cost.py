@@ -340,3 +340,25 @@ def test_reuse_attributes_only_costs_built_under_the_same_conditions(tiny_pipeli
     monkeypatch.setattr(host_load, "between", lambda a, b: quiet)
     reused, _ = _run(tiny_pipeline, cpu_runtime, other, 4, **{"inference.batch_size": 4})
     assert reused.reuse["status"] == "reused" and reused.phases["training"].details["measurement"]["contended"] is True
+
+
+def test_a_long_search_re_measures_the_baseline_on_its_stored_model(in_tmp, tiny_model_dir, tiny_csv, monkeypatch):
+    """Every few finished trials (here 2) the baseline's inference phase is measured again from its
+    stored trained model -- nothing retrained -- and the drift is recorded on the study, counted in
+    the search's cost, and stated in the report."""
+    from conftest import write_experiment
+
+    from greenknobs.search import drift
+    from greenknobs.search.report import search_policies
+
+    monkeypatch.setattr(drift, "EVERY", 2)
+    path = write_experiment(in_tmp, tiny_model_dir, tiny_csv, knobs={
+        "inference.batch_size": {"default": 32, "choices": [4, 8, 16, 32]}}, budget={"trials": 3})
+    outcome, _ = _search(path)
+    checks = outcome.study.user_attrs["drift_checks"]
+    assert len(checks) == 1 and checks[0]["after_finished"] == 3 and checks[0]["reused"] is True
+    assert checks[0]["inference_j"] > 0 and checks[0]["baseline_inference_j"] > 0
+    assert abs(checks[0]["drift"] - (checks[0]["inference_j"] / checks[0]["baseline_inference_j"] - 1)) < 1e-9
+    spent = [e for e in outcome.study.user_attrs["overhead"] if e["kind"] == "drift check"]
+    assert len(spent) == 1 and spent[0]["energy_j"] > 0
+    assert "baseline inference re-measured" in search_policies(outcome.study)["baseline drift"]

@@ -15,7 +15,7 @@ from greenknobs.meters import resolve
 from greenknobs.report import exports, html, markdown
 from greenknobs.report.build import Report, ReportInputs, build
 from greenknobs.runtime import machine
-from greenknobs.search import energy_model
+from greenknobs.search import drift, energy_model
 from greenknobs.search import study as studies
 from greenknobs.search.ablation import isolation_experiment
 from greenknobs.search.publish import results_dir
@@ -102,6 +102,9 @@ def search_policies(study: Study) -> dict[str, str]:
             f"{len(weighed)} proposals weighed by expected improvement per predicted joule; {len(moved)} moved to a "
             "cheaper candidate" + (f" (median predicted {statistics.median(w['chosen_j'] for w in moved):,.0f} J instead "
                                   f"of {statistics.median(w['unweighed_choice_j'] for w in moved):,.0f} J)" if moved else ""))
+    drifted = drift.describe(study)
+    if drifted:
+        out["baseline drift"] = drifted
     skipped = [t for t in study.trials if t.user_attrs.get("not_started") and
                "most accurate feasible" in (t.user_attrs.get("stop_reason") or "")]
     if skipped:

@@ -33,7 +33,7 @@ from greenknobs.meters.noise import measure_idle_power
 from greenknobs.phases import PhaseResult, combine_provenance
 from greenknobs.pipeline import run_trial
 from greenknobs.runtime import machine
-from greenknobs.search import freshness, warm_start
+from greenknobs.search import drift, freshness, warm_start
 from greenknobs.search import study as studies
 from greenknobs.search.coordination import (
     DATABASE,
@@ -413,7 +413,21 @@ class Worker:
                 self.objective.policies.variants.queue(study, trial)
             if hasattr(self.tracker, "resolved"):
                 self._record_run_ids(study)
+            if not self.isolation and drift.due(study):
+                self._drift_check(study)
             gc.collect()
+
+    def _drift_check(self, study: Study) -> None:
+        """The baseline measured again on its stored model (drift.py); a failure only means no check."""
+        try:
+            record = drift.check(self.objective, study)
+        except Exception as exc:  # a drift check must never end a search
+            self._note(f"baseline drift check failed ({type(exc).__name__}: {exc}); the search goes on")
+            return
+        if record is not None and self.reporter:
+            self.reporter.note(-1, f"baseline re-measured on its stored model: inference {record['inference_j']:.1f} J "
+                                   f"against {record['baseline_inference_j']:.1f} J in trial 0 ({record['drift']:+.1%}"
+                                   f"{', contended' if record['contended'] else ''}) -- counted in the search's cost")
 
     def _record(self, study: Study, trial: Trial, outcome: Outcome) -> None:
         """The outcome into the study; if the database stays away longer than the retry window, it
