@@ -2,6 +2,7 @@
 pipeline on the define-by-run trial API move its front beyond the noise floor?
 
     python benchmarks/default_front.py --old b1cf70b [--quick] [--trials N]
+    python benchmarks/default_front.py --old none --out benchmarks/results/default_search.json   # this checkout only
 
 Each revision runs `greenknobs search experiments/bbc-news-minilm.yaml` in a fresh folder, one after
 the other, alone (the old one from a temporary `git worktree`, the new one from this checkout), and
@@ -61,7 +62,7 @@ def best_saving(front: list[dict]) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--old", default="b1cf70b", help="the revision before the rebuild")
+    ap.add_argument("--old", default="b1cf70b", help="the revision before the rebuild (none: this checkout only)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--trials", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "default_front.json"))
@@ -69,15 +70,21 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = Path(tmp) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), args.old], cwd=ROOT, check=True)
+        arms = [("after (define-by-run trial)", ROOT)]
+        if args.old != "none":
+            subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old_tree), args.old], cwd=ROOT, check=True)
+            arms.insert(0, ("before (five-phase pipeline)", old_tree))
+        else:
+            arms = [("this checkout", ROOT)]
         try:
-            for label, root in (("before (five-phase pipeline)", old_tree), ("after (define-by-run trial)", ROOT)):
+            for label, root in arms:
                 work = Path(tmp) / label.split()[0]
                 work.mkdir()
                 print(f"running {label} ...", flush=True)
                 results.append(run_revision(label, root, work, args))
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
+            if args.old != "none":
+                subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=False)
     record = {"benchmark": "default_front", "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
                           "python": platform.python_version()},
