@@ -182,7 +182,7 @@ class TextClassificationPipeline(PhasedPipeline):
         "training.grad_accumulation", "training.optimizer", "training.early_stopping_patience",
         "training.freeze_layers", "training.kd_lambda", "training.kd_temperature", "training.exit_head_depth",
         "inference.batch_size", "inference.quantization", "inference.precision", "inference.compile",
-        "inference.seq_len", "inference.early_exit",
+        "inference.seq_len", "inference.early_exit", "inference.engine",
     )
     metrics = {"macro_f1": "maximize", "accuracy": "maximize"}
     default_metric = "macro_f1"
