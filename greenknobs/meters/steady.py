@@ -7,6 +7,7 @@ measured but excluded, then ``windows`` meter windows, each serving whole passes
 request batches (drawn from validation by the pipeline) until it lasts ``window_s`` -- and at least
 the meter's minimum window. The figure is the median window's J per 1,000 predictions, with the
 windows' min and max, the meter's provenance, and the latency of each request batch (p50, p95).
+Each window notes the host's load beside it (host_load): a contended window is marked, not hidden.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from greenknobs.meters import host_load
 from greenknobs.meters.base import EnergyMeter
 from greenknobs.meters.noise import min_window_s
 from greenknobs.phases import Measurement, combine_provenance
@@ -65,6 +67,7 @@ def measure(meter: EnergyMeter, serve: Callable[[int], int], batches: int, cfg: 
     per_1k, latencies, windows = [], [], []
     for k in range(cfg.windows):
         predictions, passes = 0, 0
+        before = host_load.sample()
         with meter.window(f"serving.{k}") as w:
             start = time.perf_counter()
             while passes == 0 or time.perf_counter() - start < floor:
@@ -74,10 +77,13 @@ def measure(meter: EnergyMeter, serve: Callable[[int], int], batches: int, cfg: 
                     latencies.append(time.perf_counter() - t0)
                 passes += 1
         m = w.measurement
+        load = host_load.between(before, host_load.sample())  # others' load beside it: a modelled figure moves with it
         spent.append(m)
         per_1k.append(m.energy_j * 1000.0 / max(predictions, 1))
         windows.append({"energy_j": m.energy_j, "time_s": round(m.time_s, 4), "predictions": predictions,
-                        "passes": passes, "j_per_1k": per_1k[-1], "provenance": m.provenance})
+                        "passes": passes, "j_per_1k": per_1k[-1], "provenance": m.provenance,
+                        "contended": bool(load and load["contended"]),
+                        "others_cores": load["others_cores"] if load else None})
     last = spent[-1]
     total = Measurement(sum(s.energy_j for s in spent), sum(s.time_s for s in spent),
                         combine_provenance([s.provenance for s in spent]), last.meter, meter_params=last.meter_params)
@@ -90,6 +96,7 @@ def measure(meter: EnergyMeter, serve: Callable[[int], int], batches: int, cfg: 
                        "per": f"request batch of {batch_size}"},
         "workload": {"split": "validation", "rows": rows, "batch_size": batch_size, "batches": batches},
         "warmup": warmup, "window_s": floor, "windows": windows, "spent_j": total.energy_j,
+        "contended_windows": sum(1 for w in windows if w["contended"]),
         "config": cfg.to_dict(),
     }
     return record, total
