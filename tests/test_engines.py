@@ -139,3 +139,23 @@ def test_after_the_trial_the_model_serves_itself_again_and_the_session_is_freed(
     assert result.verifications["inference.engine"]["session_runs"] > 0
     assert "forward" not in ctx.model.__dict__  # the engine's forward was undone by the knob's release
     assert not ctx.trial.scratch(REGISTRY["inference.engine"]()).get("close")
+
+
+def test_calling_the_served_model_with_other_inputs_is_a_clear_error():
+    import torch
+
+    from greenknobs.ml import hf
+
+    model = hf.tiny_bert_classifier(num_labels=3, layers=1, hidden=32, vocab=100).eval()
+    ev = engines.EngineEvidence()
+    close = engines.serve_through(model, "onnxruntime", "none", ev, phase=lambda: "inference", device="cpu",
+                                  calibration=None, pad_id=0)
+    ids = torch.randint(1, 100, (2, 6))
+    try:
+        first = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        assert ev.engine == "onnxruntime" and ev.agreement["rows"] == 2 and first.shape == (2, 3)
+        with pytest.raises(KnobError, match="exported for inputs"):
+            model(input_ids=ids)
+    finally:
+        close()
+    assert "forward" not in model.__dict__

@@ -85,7 +85,11 @@ def serve_through(model: torch.nn.Module, engine: str, quantization: str, ev: En
         if "server" not in state:
             _build(state, model, original, engine, quantization, ev, args, kwargs, device, calibration, pad_id)
         sig, server = state["sig"], state["server"]
-        tensors = list(args) + [kwargs[n] for n in sig.names if not n.startswith("arg")]
+        named = [n for n in sig.names if not n.startswith("arg")]
+        if len(args) != len(sig.names) - len(named) or any(n not in kwargs for n in named):
+            raise KnobError(f"inference.engine: the model was exported for inputs ({', '.join(sig.names)}) and is now called "
+                            f"with {len(args)} positional and ({', '.join(kwargs)}) keyword inputs; serve it the same way")
+        tensors = list(args) + [kwargs[n] for n in named]
         feeds = {n: t.detach().cpu().numpy() for n, t in zip(sig.names, tensors)}
         out = torch.from_numpy(server.run(feeds)).to(tensors[0].device if tensors else "cpu")
         if server.ran is not None and ev.ran is None:
