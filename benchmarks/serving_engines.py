@@ -10,7 +10,7 @@ best engine (lowest J/1k among engine rows keeping >= 99 % of PyTorch fp32's val
 PyTorch fp32 eager and PyTorch dynamic int8. The test split is never read.
 
     python benchmarks/serving_engines.py experiments/bbc-news-minilm.yaml [--quick] [--batch-sizes 1,8,32]
-        [--repeats 3] [--window-s 3] [--requests 256] [--out benchmarks/results/serving_engines.json]
+        [--repeats 3] [--window-s 3] [--requests 128] [--out benchmarks/results/serving_engines.json]
     python benchmarks/serving_engines.py experiments/bbc-news-minilm.yaml --smoke   # ~3 min: 100 articles, tiny windows
 
 Every window notes the host's load beside it; a cell with contended windows says so (modelled
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="meter windows per cell (the spread)")
     ap.add_argument("--window-s", type=float, default=3.0)
     ap.add_argument("--warmup-s", type=float, default=1.0)
-    ap.add_argument("--requests", type=int, default=256, help="validation rows in the request workload")
+    ap.add_argument("--requests", type=int, default=128, help="validation rows in the request workload (whole passes per window)")
     ap.add_argument("--engines", default="torch,onnxruntime,openvino")
     ap.add_argument("--out", default="benchmarks/results/serving_engines.json")
     args = ap.parse_args()
