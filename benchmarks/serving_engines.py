@@ -141,10 +141,12 @@ def main() -> None:
     finally:
         meter.close()
     verdicts = compare(rows, sizes)
+    costlier = int8_costlier(rows)
     out = {"command": "python " + " ".join(sys.argv), "commit": _commit(), "date": datetime.datetime.now(datetime.UTC).isoformat(),
            "machine": machine(), "meter": f"{result.meter} ({result.provenance})", "threads": torch.get_num_threads(),
            "experiment": exp.name, "validation_rows": len(ctx.validation), "serving": cfg.to_dict(),
            "wall_s": round(time.perf_counter() - started, 1), "rows": rows, "best_vs_torch": verdicts,
+           "int8_costlier_than_fp32": costlier,
            "note": "J per 1,000 predictions at steady state; modelled figures estimate, they do not measure"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
@@ -175,6 +177,19 @@ def compare(rows: list[dict], sizes: list[int]) -> list[dict]:
         print(f"batch {size}: best {v['best']} {v['j_per_1k']:.1f} J/1k: {v['vs_torch_fp32']:.2f}x lower than PyTorch "
               f"fp32 eager, {vs8} vs PyTorch dynamic int8, {100 * (v['f1_retained'] or 0):.1f} % of its validation F1 "
               f"(target >= {TARGET_RATIO:g}x at >= {TARGET_F1:.0%}: {'met' if v['target_met'] else 'not met'})")
+    return out
+
+
+def int8_costlier(rows: list[dict]) -> list[str]:
+    """int8 that costs more per 1,000 predictions than the same engine's fp32 at the same batch size."""
+    out = []
+    for r in rows:
+        fp32 = next((f for f in rows if f["engine"] == r["engine"] and f["batch_size"] == r["batch_size"]
+                     and f["quantization"] == "none"), None)
+        if r["quantization"] != "none" and fp32 and r["j_per_1k"] > fp32["j_per_1k"]:
+            out.append(f"{r['variant']} at batch {r['batch_size']}: {r['j_per_1k']:.1f} J/1k, more than fp32's "
+                       f"{fp32['j_per_1k']:.1f} J/1k")
+            print(f"warning: {out[-1]}")
     return out
 
 
