@@ -55,6 +55,8 @@ def test_fp32_engine_serves_every_prediction_and_agrees_with_pytorch(pipeline, r
     assert ev["engine"] == engine and ev["providers"] in (["CPUExecutionProvider"], ["CPU"])
     assert ev["session"] == {"onnxruntime": "InferenceSession", "openvino": "CompiledModel"}[engine]
     assert ev["session_runs"] == ev["serving_forwards"] > 0  # validation and test, every batch
+    if engine == "openvino":  # stated, since the CPU plugin's default on AMX/AVX512-BF16 machines is bf16
+        assert ev["build"]["inference_precision"] == "f32"
     assert ev["ran"]["nodes_ran"] > 0 and ev["ran"]["int8_nodes_ran"] == 0 and ev["ran"]["float_matmuls_ran"] > 0
     a = ev["agreement"]
     assert a["rows"] >= 8  # the tiny validation split, every row

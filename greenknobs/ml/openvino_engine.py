@@ -58,7 +58,7 @@ class OpenVinoServer:
         self.ran: dict[str, Any] | None = None
         self.facts = {"engine": ENGINE, "version": ov.__version__,
                       "providers": list(self.compiled.get_property("EXECUTION_DEVICES")),
-                      "inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
+                      "inference_precision": _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
                       "threads": threads, "quantization": quantization, "build_s": round(time.perf_counter() - start, 3)}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,6 +67,12 @@ class OpenVinoServer:
         if self.ran is None:
             self.ran = _executed(self.request.profiling_info, self.facts["providers"])
         return np.array(out[self.compiled.output(0)])  # a copy: the request's buffer is reused by the next call
+
+
+def _type_name(t: Any) -> str:
+    """An OpenVINO element type as its name (``f32``), whatever the binding returns."""
+    name = getattr(t, "get_type_name", None)
+    return str(name()) if callable(name) else str(t)
 
 
 def _nncf_quantize(model: Any, calibration: list[dict[str, np.ndarray]] | None, transformer: bool) -> Any:
