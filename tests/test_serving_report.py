@@ -59,6 +59,10 @@ def test_a_search_on_inference_per_1k_reports_serving_energy(tmp_path, tiny_mode
         assert t.user_attrs["summary"]["provenance"] == serving["provenance"] == "modelled"
         assert t.user_attrs["spent"]["phases"]["serving"] == pytest.approx(serving["spent_j"])  # in the search's cost
     report, files = write_report(exp, tracker)
+    child = tracker.client.get_run(rows[0].user_attrs["mlflow_run_id"])  # MLflow has the figure and its provenance
+    assert child.data.metrics["serving/j_per_1k"] == pytest.approx(rows[0].user_attrs["result"]["serving"]["j_per_1k"])
+    assert {"serving/latency_p50_ms", "serving/latency_p95_ms", "serving/j_per_1k_max"} <= set(child.data.metrics)
+    assert child.data.tags["provenance.serving"] == "modelled"
     tracker.end_study()
     assert report.serving is not None and report.serving["recommended"]["stars"] in range(1, 6)
     text = files["markdown"].read_text()
