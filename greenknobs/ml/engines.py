@@ -95,11 +95,11 @@ def serve_through(model: torch.nn.Module, engine: str, quantization: str, ev: En
         if server.ran is not None and ev.ran is None:
             ev.ran = server.ran
             shutil.rmtree(state["workdir"], ignore_errors=True)  # the profile was the last thing read from it
-        where = phase()
+        where, reference = phase(), state.pop("first_reference", None)  # (this call's batch, on the first call only)
         if where in ("inference", "test", "serving"):
             ev.session_runs += 1
         if where == "inference" and (ev.agreement or {}).get("rows", 0) < AGREEMENT_ROWS:
-            _compare(ev, original, args, kwargs, out, quantization)
+            _compare(ev, original, args, kwargs, out, quantization, reference)
         return EngineOutput(out) if sig.logits_attr else out
 
     restore = instruments.replace_forward(model, forward)
@@ -134,7 +134,8 @@ def _build(state: dict[str, Any], model: torch.nn.Module, original: Any, engine:
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    state.update(sig=sig, server=server, workdir=workdir)
+    # the probe already is PyTorch's prediction of the first batch: the agreement check reuses it
+    state.update(sig=sig, server=server, workdir=workdir, first_reference=export.served_tensor(probe))
     ev.engine, ev.providers = server.engine, list(server.facts["providers"])
     ev.session = type(getattr(server, "session", None) or getattr(server, "compiled", None)).__name__
     ev.build = dict(server.facts)
@@ -164,11 +165,13 @@ def calibration_feeds(rows: Sequence[dict[str, Any]] | None, names: Sequence[str
 
 
 def _compare(ev: EngineEvidence, original: Any, args: tuple, kwargs: dict, served: torch.Tensor,
-             quantization: str) -> None:
+             quantization: str, reference: torch.Tensor | None = None) -> None:
     """The PyTorch model's own prediction of the same rows (hooks off: it is a check, not serving)."""
     start = time.perf_counter()
-    with torch.no_grad(), instruments.hooks_removed([getattr(original, "__self__", None)]):
-        ref = export.served_tensor(original(*args, **kwargs)).float()
+    if reference is None:
+        with torch.no_grad(), instruments.hooks_removed([getattr(original, "__self__", None)]):
+            reference = export.served_tensor(original(*args, **kwargs))
+    ref = reference.float()
     got = served.float()
     a = ev.agreement or {"rows": 0, "argmax_agree": 0, "max_abs_diff": 0.0, "largest_logit": 0.0, "check_s": 0.0}
     a["rows"] += int(ref.shape[0])
