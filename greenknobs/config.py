@@ -23,6 +23,7 @@ from greenknobs.knobs.base import KnobSetting, Space
 from greenknobs.meters import METERS
 from greenknobs.meters.composite import GPU_METERS
 from greenknobs.meters.cpu_model import DEFAULT_PARAMS as CPU_MODEL_PARAMS
+from greenknobs.meters.steady import ServingConfig
 from greenknobs.phases import PHASES
 from greenknobs.pipeline import FUNCTION, FunctionPipeline, Pipeline, pipeline_class
 
@@ -30,7 +31,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random", "grid")
 ENERGY_SCOPES = ("total", *PHASES, "inference_per_1k")
 TOP_LEVEL = ("name", "description", "pipeline", "knobs", "objectives", "constraints", "budget", "sampler",
              "seed", "device", "meter", "carbon", "repeats", "storage", "mlflow_uri", "quick", "reuse", "stop_hopeless",
-             "report", "artifacts", "cost_aware", "warm_start")
+             "report", "artifacts", "cost_aware", "warm_start", "serving")
 QUICK_KEYS = ("trials", "timeout_s", "energy_j", "pipeline")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 CLASS_PATH_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")  # package.module:ClassName
@@ -155,6 +156,11 @@ class Experiment:
     cost_aware: bool = True
     # earlier studies whose trials inform the sampler and the energy model: quick, isolation, or a name
     warm_start: tuple[str, ...] = ()
+    serving: ServingConfig = field(default_factory=ServingConfig)  # steady-state serving energy (meters.steady)
+
+    def serving_to_measure(self) -> ServingConfig | None:
+        """The steady-state serving measurement each trial runs, or None (serving.measure, else the scope)."""
+        return self.serving if self.serving.wanted(self.objectives.energy_scope) else None
 
     @property
     def searched_knobs(self) -> tuple[KnobSetting, ...]:
@@ -493,6 +499,7 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
         quick=quick, source=source, energy_budget_j=energy_budget_j, reuse=reuse, stop_hopeless=stop_hopeless,
         deployment=_deployment(raw.get("report")),
         keep_artifacts=_artifacts(raw.get("artifacts")), cost_aware=cost_aware, warm_start=warm_start,
+        serving=_serving(raw.get("serving")),
     )
 
 
@@ -514,6 +521,23 @@ def _artifacts(raw: Any) -> bool:
     if not isinstance(keep, bool):
         raise ConfigError("artifacts.keep", "expected true or false")
     return keep
+
+
+def _serving(raw: Any) -> ServingConfig:
+    """``serving: {measure, batch_size, requests, warmup_s, window_s, windows}`` (greenknobs.meters.steady)."""
+    raw = _mapping(raw, "serving")
+    _reject_unknown(raw, ("measure", "batch_size", "requests", "warmup_s", "window_s", "windows"), "serving")
+    d = ServingConfig()
+    measure = raw.get("measure", d.measure)
+    if measure is not None and not isinstance(measure, bool):
+        raise ConfigError("serving.measure", "expected true, false or null (null: when objectives.energy is inference_per_1k)")
+    size = raw.get("batch_size", d.batch_size)
+    return ServingConfig(
+        measure, None if size is None else int(_number(size, "serving.batch_size", integer=True, low=1, high=65536)),
+        int(_number(raw.get("requests", d.requests), "serving.requests", integer=True, low=1, high=10_000_000)),
+        float(_number(raw.get("warmup_s", d.warmup_s), "serving.warmup_s", low=0, high=3600)),
+        float(_number(raw.get("window_s", d.window_s), "serving.window_s", low=0, high=3600)),
+        int(_number(raw.get("windows", d.windows), "serving.windows", integer=True, low=1, high=100)))
 
 
 def _reuse(raw: Any) -> Reuse:

@@ -112,6 +112,9 @@ class TrialResult:
     inputs: dict[str, str | None] = field(default_factory=dict)
     # the search's safeguards this code lets act (trivial guard, hopeless stop, phase reuse), in words
     safeguards: dict[str, str] = field(default_factory=dict)
+    # serving energy at steady state (greenknobs.meters.steady): J per 1,000 predictions, spread, latency;
+    # None when not measured (then inference_per_1k is the scoring window's energy per prediction)
+    serving: dict[str, Any] | None = None
 
     @property
     def energy_j(self) -> float:
@@ -156,6 +159,8 @@ class TrialResult:
         if scope == "total":
             return self.energy_j
         if scope == "inference_per_1k":
+            if self.serving is not None:  # steady state: warm-up excluded, median of several windows
+                return float(self.serving["j_per_1k"])
             n = max(self.samples.get("inference", 0), 1)
             return self.phases["inference"].energy_j * 1000.0 / n
         return self.phases[scope].energy_j
@@ -181,6 +186,7 @@ class TrialResult:
             "artifacts": self.artifacts,
             "inputs": self.inputs,
             "safeguards": self.safeguards,
+            "serving": self.serving,
             "quality": self.quality,
             "samples": self.samples,
             "verifications": self.verifications,

@@ -126,6 +126,8 @@ class PhasedPipeline(Pipeline):
         trial.run_phase("system", self.system, trial)
         trial.run_phase("training", self.training, trial)
         trial.run_phase("inference", self.serve, trial, "validation", repeatable=True)
+        if trial.serving_config is not None:
+            self.measure_serving(trial)
         with trial.held_out():
             self.serve(trial, "test")
 
@@ -143,6 +145,10 @@ class PhasedPipeline(Pipeline):
 
     @abstractmethod
     def serve(self, trial: Trial, split: str) -> None: ...
+
+    def measure_serving(self, trial: Trial) -> None:
+        """Serving energy at steady state: call ``trial.serving_energy`` with a fixed validation
+        workload. A pipeline without it reports inference_per_1k from its scoring window."""
 
 
 # -- the registry ----------------------------------------------------------------------------------
@@ -372,6 +378,7 @@ def execute_trial(
     workdir: Path | None = None,
     keep_artifacts: bool = False,
     workers_on_host: int = 1,
+    serving: Any = None,
 ) -> tuple[TrialResult, TrialContext]:
     """Run the pipeline on a ``Trial`` with these knob values, then verify every knob. Returns the
     result and the context the phases left (what verify read: tests re-judge it).
@@ -405,7 +412,7 @@ def execute_trial(
     trial = Trial({k.name: v for k, v in knob_values}, [k for k, _ in knob_values], meter=meter, runtime=runtime,
                   seed=seed, number=trial_number, options=pipeline.user_options(), progress=progress,
                   progress_check=progress_check, reuse=session, repeats=repeats, spread_warning=spread_warning,
-                  smoke=smoke, workdir=workdir, objective_metric=metric)
+                  smoke=smoke, workdir=workdir, objective_metric=metric, serving=serving)
     try:
         if session is not None:
             session.begin(trial)
@@ -440,6 +447,7 @@ def execute_trial(
         artifacts=artifacts,
         inputs=fingerprint.digests({*read, *pipeline.inputs()}),
         safeguards=trial.safeguards(),
+        serving=trial.serving_result,
     ), ctx
 
 

@@ -84,6 +84,8 @@ class TrialRow:
     # a key is absent when the pipeline reported nothing for it
     model_size: dict[str, Any] = field(default_factory=dict)
     contended_phases: list[str] = field(default_factory=list)  # phases measured while others' load contended
+    # serving energy at steady state (greenknobs.meters.steady): j_per_1k with min/max, provenance, latency
+    serving: dict[str, Any] | None = None
 
     @property
     def complete(self) -> bool:

@@ -269,11 +269,18 @@ class Tracker:
             metrics[f"constraint/{k}"] = v
         metrics.update({f"carbon/{k}_g": v for k, v in summary.carbon_g.items()})
         metrics.update({f"net_energy/{k}_j": v for k, v in (summary.net_energy_j or {}).items()})
+        if result.serving:  # steady-state serving: J per 1,000 predictions (median and window range), latency
+            s = result.serving
+            metrics.update({"serving/j_per_1k": s["j_per_1k"], "serving/j_per_1k_min": s["j_per_1k_min"],
+                            "serving/j_per_1k_max": s["j_per_1k_max"], "serving/wh_per_1k": s["wh_per_1k"],
+                            "serving/latency_p50_ms": s["latency_ms"]["p50"], "serving/latency_p95_ms": s["latency_ms"]["p95"]})
         phases = list(result.phases.values())
         tags = {"state": "complete", "provenance": result.provenance, "meter": result.meter,
                 "feasible": str(summary.feasible).lower(), "attribution": summary.attribution[:500]}
         for p in phases:
             tags[f"provenance.{p.phase}"] = p.measurement.provenance
+        if result.serving:
+            tags["provenance.serving"] = result.serving["provenance"]
         if result.reuse.get("status") == "reused":  # ran on a stored state: which phases, from which trial
             tags["reused_phases"] = ",".join(result.reuse.get("phases", []))
             tags["reused_from_trial"] = str(result.reuse.get("from_trial"))

@@ -68,8 +68,10 @@ class Trial:
                  number: int | None = None, options: Mapping[str, Any] | None = None, progress: ProgressFn | None = None,
                  progress_check: Callable[[float, Callable[[], float]], None] | None = None, reuse: Any = None,
                  repeats: int = 1, spread_warning: float = 0.10, smoke: bool = False, workdir: Path | None = None,
-                 objective_metric: str | None = None):
+                 objective_metric: str | None = None, serving: Any = None):
         self.number = number
+        self.serving_config = serving  # greenknobs.meters.steady.ServingConfig, or None: not measured
+        self.serving_result: dict[str, Any] | None = None
         self.seed = seed
         self.options: dict[str, Any] = dict(options or {})
         self.smoke = smoke  # a smoke run: loaders capped to a few batches, training to a few steps
@@ -290,6 +292,33 @@ class Trial:
         if self._progress is not None:
             self._progress(name, result)
         return output
+
+    def serving_energy(self, serve: Callable[[int], int], batches: int, rows: int, batch_size: int) -> dict[str, Any] | None:
+        """Serving energy at steady state (greenknobs.meters.steady), once per trial, between the
+        inference phase and the held-out window, when the experiment asks for it: ``serve(i)`` serves
+        request batch ``i`` of a fixed validation workload with the model as the serving knobs left
+        it and returns its predictions. Its windows count in the search's cost, in no phase."""
+        cfg = self.serving_config
+        if cfg is None or self.smoke or self.serving_result is not None:
+            return self.serving_result
+        if self._open is not None:
+            raise TrialUsageError(f"serving energy is measured between phases, not inside {self._open.name!r}")
+        from greenknobs.meters import steady
+
+        self._open = _Window("serving", process_state=process_state())
+        for knob, value in self._ordered():  # serving knobs that act per window (compile) act here too
+            knob.phase_started("serving", value, self)
+        try:
+            record, spent = steady.measure(self.meter, serve, batches, cfg, rows, batch_size)
+        finally:
+            try:
+                self._phase_end_hooks("serving")
+            finally:
+                self._open = None
+        self.serving_result = record
+        if self._progress is not None:
+            self._progress("serving", PhaseResult("serving", spent, {"spent_j": spent.energy_j, "steady_state": record}))
+        return record
 
     # -- objects handed over: knobs act on them ------------------------------------------------------------
     def model(self, model: Any, *, calibration: Sequence[Mapping[str, Any]] | None = None,

@@ -182,7 +182,7 @@ class TextClassificationPipeline(PhasedPipeline):
         "training.grad_accumulation", "training.optimizer", "training.early_stopping_patience",
         "training.freeze_layers", "training.kd_lambda", "training.kd_temperature", "training.exit_head_depth",
         "inference.batch_size", "inference.quantization", "inference.precision", "inference.compile",
-        "inference.seq_len", "inference.early_exit",
+        "inference.seq_len", "inference.early_exit", "inference.engine",
     )
     metrics = {"macro_f1": "maximize", "accuracy": "maximize"}
     default_metric = "macro_f1"
@@ -339,6 +339,32 @@ class TextClassificationPipeline(PhasedPipeline):
             ctx.detail("exit_rate", exits[split]["exit_rate"])
         ctx.samples["inference" if split == "validation" else "test"] = len(rows)
         ctx.detail("workload", f"{split} ({len(rows)}) predictions")
+
+    def measure_serving(self, trial) -> None:
+        """Steady-state serving energy: the first ``serving.requests`` validation rows, in order, in
+        request batches of ``serving.batch_size`` (default: the trial's inference batch size), cut to
+        inference.seq_len like every served input, answered by the model as the serving knobs left it."""
+        ctx, cfg = trial.ctx, trial.serving_config
+        size = cfg.batch_size or ctx.settings.get("inference.batch_size", NATIVE_EVAL_BATCH)
+        rows = ctx.validation[: cfg.requests]
+        limit = ctx.setting("inference.seq_len")
+        device, threshold = ctx.runtime.device, ctx.setting("inference.early_exit")
+        batches = [tuple(t.to(device) for t in serve_batch(rows[s: s + size], ctx.pad_id, limit))
+                   for s in range(0, len(rows), size)]
+        scratch = {"rows": 0, "exited": 0, "full": 0, "truncated_passes": 0, "min_confidence_exited": None,
+                   "max_confidence_full": None}
+        model = ctx.model
+
+        def serve(i: int) -> int:
+            ids, mask = batches[i]
+            with torch.inference_mode():
+                if threshold == "off":
+                    model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist()
+                else:
+                    self._early_exit(ctx, model, ids, mask, threshold, scratch)
+            return len(ids)
+
+        trial.serving_energy(serve, len(batches), len(rows), size)
 
     def _serve(self, ctx, model, loader, exits) -> list[int]:
         device, threshold = ctx.runtime.device, ctx.setting("inference.early_exit")

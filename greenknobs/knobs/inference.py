@@ -72,13 +72,19 @@ def _watch_serving(knob: ObjectKnob, trial) -> None:
 @register
 class Quantization(ObjectKnob):
     name = "inference.quantization"
+    conflicts = (Conflict("inference.engine", lambda q: q == "static_int8", lambda e: e == "torch",
+                          "static int8 (activation ranges calibrated on training rows) is the exported engines' path: "
+                          "inference.engine onnxruntime or openvino"),)
     default = "none"
-    space = Space(choices=("none", "dynamic_int8"))
+    space = Space(choices=("none", "dynamic_int8", "static_int8"))
     devices = ("cpu",)  # PyTorch's dynamic int8 kernels (fbgemm/qnnpack) are CPU-only
     example = "dynamic_int8"
-    description = ("Dynamic int8 quantisation of every nn.Linear of the handed-over model, in place, as serving "
-                   "starts (torch.ao).")
-    verifies = "int8 and float Linear modules whose forward ran in the first serving forward pass (forward hooks)"
+    description = ("int8 serving. With inference.engine torch: dynamic int8 of every nn.Linear of the handed-over "
+                   "model, in place, as serving starts (torch.ao). With an exported engine, the engine's own tooling "
+                   "quantises the exported graph: ONNX Runtime dynamic_int8 or static_int8 (QDQ, calibrated on "
+                   "training rows), OpenVINO static_int8 (NNCF, calibrated on training rows).")
+    verifies = ("int8 and float Linear modules whose forward ran in the first serving forward pass (forward hooks); "
+                "with an engine, the int8 nodes (dynamic or static kernels) its profiled first run executed")
     watches = ("model",)
     needs = (("model",),)
     needs_hint = "the model: trial.model(model)"
@@ -94,10 +100,21 @@ class Quantization(ObjectKnob):
         ev = trial.evidence(self)
         if ev.linears_before is None:
             ev.linears_before = count_linears(model)
-        if value == "dynamic_int8" and trial.may_act(self, "model", model):
+        # with an exported engine, the engine quantises the exported graph (it reads this knob's setting)
+        if value == "dynamic_int8" and _engine(trial.ctx) == "torch" and trial.may_act(self, "model", model):
             quantize_dynamic_int8_(model)
 
     def judge(self, value, ev, ctx):
+        served = ctx.evidence.get("inference.engine")
+        if served is not None and served.engine is not None:  # an exported engine served: judge its graph
+            ran = served.ran or {}
+            n, kind = ran.get("int8_nodes_ran", 0), ran.get("int8_kind")
+            if value == "none":
+                return f"{n} int8 nodes ran in the {served.engine} graph without quantisation" if n else None
+            want = value.split("_")[0]
+            return None if n and kind == want else f"the {served.engine} graph ran {n} int8 nodes ({kind or 'none'}), not {want}"
+        if value == "static_int8":
+            return "static int8 needs an exported engine; PyTorch eager served"
         if ev.quantized_ran is None:
             return "no serving forward pass was watched"
         if value == "none":
@@ -109,6 +126,10 @@ class Quantization(ObjectKnob):
     def report(self, value, ev, ctx):
         return {"quantized_linears_served": ev.quantized_ran, "float_linears_served": ev.float_linears_ran,
                 "linear_modules": ev.linears_before}
+
+
+def _engine(ctx) -> str:
+    return ctx.settings.get("inference.engine", "torch")
 
 
 @register

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 # the kind of forward pass each window's evidence is read from: training steps in training,
-# predictions in inference and in the held-out window
-SERVING = ("inference", "test")
+# predictions in inference, in the held-out window and in the steady-state serving measurement
+SERVING = ("inference", "test", "serving")
 
 
 def wanted(phase: str | None, training: bool, phases: tuple[str, ...]) -> bool:

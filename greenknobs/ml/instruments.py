@@ -373,6 +373,11 @@ def _override_forward(model: nn.Module, forward: Callable[..., Any]) -> Callable
     return restore
 
 
+def replace_forward(model: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
+    """Serve ``model`` with ``forward`` (an inference engine's) until the returned undo is called."""
+    return _override_forward(model, forward)
+
+
 def autocast_forward(model: nn.Module, device: str, precision: str) -> Callable[[], None]:
     """Run the model's forward under autocast (bf16/fp16) until the returned undo is called."""
     from greenknobs.ml.precision import DTYPES

@@ -402,6 +402,10 @@ def training_energy(row: TrialRow) -> float:
 
 
 def inference_per_1k(row: TrialRow, predictions: int | None) -> float | None:
+    """J per 1,000 predictions: the steady-state serving figure when the trial measured it, else the
+    inference phase's energy over the predictions it scored (first calls and exports included)."""
+    if row.serving and row.serving.get("j_per_1k") is not None:
+        return float(row.serving["j_per_1k"])
     j = row.phase_energy_j.get("inference")
     return None if j is None or not predictions else j * 1000.0 / predictions
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from greenknobs.records import TrialRow
 from greenknobs.report import analysis as A
+from greenknobs.report.serving import section as serving_section
 from greenknobs.units import grams_co2e, kwh
 
 
@@ -63,6 +64,7 @@ class Report:
     badges: list[Badge] = field(default_factory=list)
     predictions: int | None = None  # the inference workload: predictions per trial
     quality_floor: float | None = None
+    serving: dict[str, Any] | None = None  # steady-state serving energy and its relative rating (report.serving)
 
     def grams(self, energy_j: float) -> float:
         c = self.inputs.carbon
@@ -136,6 +138,7 @@ def build(inp: ReportInputs, validation_size: int | None = None, predictions: in
                                                 floor, inp.deployment),
         predictions=predictions, quality_floor=qfloor)
     report.badges = _badges(inp, report)
+    report.serving = serving_section(inp.rows, baseline, inp.front, report.recommended)
     return report
 
 

@@ -20,6 +20,7 @@ def report_data(r: Report) -> dict[str, Any]:
         "quality_floor": r.quality_floor, "predictions_per_trial": r.predictions,
         "trials": [t.to_dict() for t in inp.rows], "isolation_trials": [t.to_dict() for t in inp.isolation_rows],
         "reproducibility": inp.reproducibility, "data": inp.data, "deployment": inp.deployment,
+        "serving": r.serving,
     }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from greenknobs.report import plots
 from greenknobs.report.analysis import to_plain
 from greenknobs.report.build import Report, summary_numbers
+from greenknobs.report.serving import markdown as serving_md
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;max-width:1150px;color:#222;
@@ -215,6 +216,8 @@ def render(r: Report) -> str:
             inp.rows, inp.front, r.quality_floor, inp.maximize,
             next((rec.trial for rec in r.recommendations if rec.kind.startswith("knee")), None), _isolation_points(r))),
         ("recommendations", "Recommendations", _recommendations(r)),
+        *([("serving", "Serving energy at steady state", "".join(f"<p>{e(line)}</p>" for line in serving_md(r.serving)))]
+          if r.serving else []),
         ("effects", "Knob effects (each value alone)", _effects(r)),
         ("cascade", "Cascade: do the savings compound?", _cascade(r)),
         ("importance", "Importance", _importance(r)),

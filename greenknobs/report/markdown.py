@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from greenknobs.report.build import Report, summary_numbers
+from greenknobs.report.serving import markdown as serving_md
 from greenknobs.report.tables import front_markdown
 
 
@@ -26,6 +27,8 @@ def render(r: Report) -> str:
                               ("J per 1,000 predictions", "j_per_1k_predictions", 1)):
             lines.append(f"| {label} | {_n(b[key], d)} | {_n(rec[key], d) if rec else '–'} |")
         lines.append("")
+    if r.serving:
+        lines += [*serving_md(r.serving), ""]
     for rec in r.recommendations:
         spread = (f" ± {rec.saving_spread_pct:.1f} points of the baseline's energy (noise: the baseline moved "
                   f"±{100 * rec.noise_rel:.1f} % between repeats)") if rec.saving_spread_pct is not None and rec.noise_rel \

@@ -161,7 +161,7 @@ class Objective:
                                progress_check=None if is_baseline or self.isolation
                                else self.policies.hopeless.check_for(study, trial, self._predictor(study, values)),
                                trial_number=trial.number, workdir=exp.artifacts_dir / str(trial.number),
-                               keep_artifacts=exp.keep_artifacts,
+                               keep_artifacts=exp.keep_artifacts, serving=exp.serving_to_measure(),
                                workers_on_host=self.host_workers.count() if self.host_workers else 1)
             self._gpu_alone("after")
             extra = (result.reuse.get("load_j") or 0.0) * (result.reuse.get("status") != "reused") + \
@@ -299,7 +299,9 @@ class Objective:
         constraints = constraint_values(exp, quality, trivial, rel["quality_retained_pct"])
         summary = TrialSummary(
             energy_j=energy, scope=exp.objectives.energy_scope, metric=metric, quality=quality,
-            provenance=result.provenance, meter=result.meter,
+            # the per-1k figure is the steady-state serving windows' when they ran; their provenance goes with it
+            provenance=result.serving["provenance"] if result.serving and exp.objectives.energy_scope == "inference_per_1k"
+            else result.provenance, meter=result.meter,
             meter_params=next(iter(result.meter_params.values()), {}), time_s=result.time_s,
             energy_saving_pct=rel["energy_saving_pct"], quality_retained_pct=rel["quality_retained_pct"],
             feasible=all(v <= 0 for v in constraints.values()), constraints=constraints, trivial_quality=trivial,

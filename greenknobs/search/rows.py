@@ -89,6 +89,7 @@ def trial_row(t: FrozenTrial, exp: Experiment, study_name: str = "", run_ids: di
         variant_of=t.user_attrs.get("variant_of"),
         study=study_name,
         ablation=t.user_attrs.get("ablation"),
+        serving=result.get("serving"),
     )
 
 
