@@ -209,3 +209,22 @@ def test_a_warm_start_informs_the_sampler_and_the_energy_model_from_the_first_tr
     source.set_user_attr("hardware", {"cpu": "another CPU", "cores": 64, "gpus": [], "meter": "zeus"})
     with pytest.raises(GreenknobsError, match="another CPU x64.*say nothing about this machine"):
         _search(experiment(tmp_path, name="w3", budget={"trials": 2}, warm_start=["earlier"], **common))
+
+
+def test_trials_running_in_other_workers_hold_their_predicted_energy_against_the_budget(tmp_path):
+    """With several workers, what is left of the budget is less what the trials already running
+    are predicted still to spend (predicted total less their spent so far); the asking trial and
+    a trial that has not drawn its values yet hold nothing."""
+    study = studies.open_study(experiment(tmp_path))
+    predict = lambda v: 100.0 * v["standin.width"]
+    running = studies.ask(study)
+    running.set_user_attr("knob_values", {"standin.width": 3, "standin.depth": 8})
+    running.set_user_attr("spent", {"energy_j": 120.0})
+    fresh = studies.ask(study)  # no values drawn yet
+    me = studies.ask(study)
+    me.set_user_attr("knob_values", {"standin.width": 4, "standin.depth": 8})
+    assert studies.in_flight_j(study, predict, but=me.number) == 180.0  # 300 predicted - 120 spent
+    assert studies.in_flight_j(study, predict, but=running.number) == 400.0  # the other one: me
+    running.set_user_attr("spent", {"energy_j": 500.0})  # dearer than predicted: holds nothing more
+    assert studies.in_flight_j(study, predict, but=me.number) == 0.0
+    assert fresh.number not in (me.number, running.number)

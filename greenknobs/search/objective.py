@@ -118,7 +118,7 @@ class Objective:
         twin = None if is_baseline or self.isolation else self.policies.twins.find(study, trial, values)
         if twin is not None:
             return self._reuse(trial, twin)
-        refusal = None if is_baseline or self.isolation else self._over_budget(study, values)
+        refusal = None if is_baseline or self.isolation else self._over_budget(study, values, trial.number)
         if refusal is not None:
             return self._not_started(trial, refusal)
         skip = None if is_baseline or self.isolation else self.policies.hopeless.dominated_at_start(
@@ -243,19 +243,23 @@ class Objective:
             return None if model is None else (model.predict(values), model.loo_median_error)
         return predict
 
-    def _over_budget(self, study: Study, values: dict[str, Any]) -> str | None:
-        """Why a trial must not start: its predicted energy would cross the energy budget."""
+    def _over_budget(self, study: Study, values: dict[str, Any], number: int) -> str | None:
+        """Why a trial must not start: its predicted energy would cross the energy budget -- what
+        is left after what the study spent and what trials running in other workers are predicted
+        still to spend (so several workers together keep the promise, not each alone)."""
         budget = self.exp.energy_budget_j
         if budget is None:
             return None
         model = self.energy_model(study, objective=False)
         if model is None:
             return None
-        predicted, left = model.predict(values), budget - studies.spent_j(study)
+        reserved = studies.in_flight_j(study, model.predict, but=number)
+        predicted, left = model.predict(values), budget - studies.spent_j(study) - reserved
         if predicted <= left:
             return None
+        held = f", {reserved:,.0f} J held for trials running in other workers" if reserved else ""
         return (f"not started: its predicted energy, {predicted:,.0f} J, would cross the energy budget "
-                f"({left:,.0f} J of {budget:,.0f} J left; {model.describe()})")
+                f"({left:,.0f} J of {budget:,.0f} J left{held}; {model.describe()})")
 
     def _not_started(self, trial: Trial, reason: str, ends_search: bool = True) -> Outcome:
         if ends_search:

@@ -506,6 +506,18 @@ def spent_j(study: optuna.Study) -> float:
     return trials + overhead_j(study)
 
 
+def in_flight_j(study: optuna.Study, predict: Callable[[dict[str, Any]], float], but: int) -> float:
+    """What trials running now (other than ``but``) are predicted still to spend: each one's
+    predicted energy less what it has spent so far (its ``spent``, saved as it goes)."""
+    total = 0.0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        values = t.user_attrs.get("knob_values")
+        if t.number == but or not values:
+            continue
+        total += max(0.0, predict(values) - float((t.user_attrs.get("spent") or {}).get("energy_j", 0.0)))
+    return total
+
+
 def energy_observations(study: optuna.Study, objective: bool = True) -> list[tuple[dict[str, Any], float]]:
     """(knob values, energy) of every trial that ran to the end (not a reused duplicate): the
     objective's energy, or (``objective=False``) the trial's total attributed energy."""
