@@ -48,9 +48,10 @@ class WarmStart:
         own = studies.baseline_trial(study)
         if own is None or not own.values:
             return None
-        total = _total(own), _total(source.baseline)
-        return (own.values[0] / source.baseline.values[0], total[0] / total[1] if total[0] and total[1] else
-                own.values[0] / source.baseline.values[0], own.values[1] / source.baseline.values[1])
+        energy = own.values[0] / source.baseline.values[0]
+        own_total, source_total = _total(own), _total(source.baseline)
+        total = own_total / source_total if own_total and source_total else energy
+        return energy, total, own.values[1] / source.baseline.values[1]
 
     def trials(self, study: Study) -> list[FrozenTrial]:
         """The sources' trials on this study's scale (what the sampler learns from); [] before its baseline."""
