@@ -23,6 +23,16 @@ def experiment(tmp_path, **extra):
     return parse_experiment(raw, str(tmp_path / "policy.yaml"))
 
 
+def study_with_baseline(exp):
+    """A study whose baseline completed at 400 J and quality 0.95 (trivial model: 0.1)."""
+    study = studies.open_study(exp)
+    baseline = studies.ask(study)
+    baseline.set_user_attr("baseline", True)
+    baseline.set_user_attr("summary", {"trivial_quality": 0.1, "feasible": True})
+    studies.tell(study, baseline, (400.0, 0.95))
+    return study
+
+
 def test_the_energy_model_learns_a_multiplicative_cost_and_says_how_wrong_it_is(tmp_path):
     exp = experiment(tmp_path)
     rng = random.Random(0)
@@ -45,11 +55,7 @@ def test_a_trial_that_cannot_reach_the_front_from_a_rung_stops_there(tmp_path):
     can reach at most 0.70 + 1.5 x 0.05 = 0.775 < 0.90: dominated, it stops. One scoring 0.86 can
     still reach 0.935 > 0.90: it runs on; so does any trial while there is no energy model."""
     exp = experiment(tmp_path)
-    study = studies.open_study(exp)
-    baseline = studies.ask(study)
-    baseline.set_user_attr("baseline", True)
-    baseline.set_user_attr("summary", {"trivial_quality": 0.1, "feasible": True})
-    studies.tell(study, baseline, (400.0, 0.95))
+    study = study_with_baseline(exp)
     for energy, there, final in ((100.0, 0.86, 0.90), (150.0, 0.80, 0.85), (300.0, 0.70, 0.72)):
         t = studies.ask(study)
         t.set_user_attr("rungs", {"0.250": {"quality": there, "direction": "maximize"}})
@@ -106,11 +112,7 @@ def test_a_candidate_predicted_dearer_than_the_most_accurate_trial_is_not_starte
     the figures. One predicted at 420 J (at least 378 J) may undercut it: it runs; so does any
     candidate without a model, or with ``before_start: false``."""
     exp = experiment(tmp_path)
-    study = studies.open_study(exp)
-    baseline = studies.ask(study)
-    baseline.set_user_attr("baseline", True)
-    baseline.set_user_attr("summary", {"trivial_quality": 0.1, "feasible": True})
-    studies.tell(study, baseline, (400.0, 0.95))
+    study = study_with_baseline(exp)
     policy = HopelessStop(exp)
     assert policy.dominated_at_start(study, lambda: (500.0, 0.1)) is None  # one feasible trial: too few to judge
     for energy, quality in ((100.0, 0.90), (150.0, 0.85)):
