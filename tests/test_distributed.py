@@ -120,9 +120,9 @@ def test_a_killed_worker_loses_nothing(postgres, mlflow_server_url, tmp_path):
             time.sleep(0.5)
             _, study = load(exp_path, storage)
             # running again with its values drawn: a queued trial's values become its params only
-            # when the worker draws them, a moment after it starts RUNNING
+            # when the worker draws them, one knob at a time, a moment after it starts RUNNING
             retry = next((t for t in study.trials if t.user_attrs.get("retry_of") == victim.number
-                          and t.state.name != "WAITING" and t.params), None)
+                          and t.state.name != "WAITING" and set(t.params) == set(victim.params)), None)
         recovery_s = time.monotonic() - recovered_at
         assert retry is not None, "the killed trial was not re-queued within a minute"
         dead = study.trials[victim.number]
@@ -191,8 +191,9 @@ def test_sigterm_stops_a_search_cleanly_and_the_next_run_retries_the_trial(tmp_p
         while time.time() < deadline and retry is None:
             time.sleep(0.5)
             _, study = load(exp_path, storage)
+            # params appear one knob at a time as the worker draws them: wait for all of them
             retry = next((t for t in study.trials if t.user_attrs.get("retry_of") == victim.number
-                          and t.state.name == "RUNNING"), None)
+                          and t.state.name == "RUNNING" and set(t.params) == set(victim.params)), None)
         assert retry is not None and retry.params == victim.params
     finally:
         os.kill(again.pid, signal.SIGTERM)
