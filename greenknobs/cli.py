@@ -47,10 +47,11 @@ class ConsoleReporter:
               f"(trial so far {energy_so_far_j:.1f} J{contended})", flush=True)
 
     def trial_done(self, number: int, summary, failure: str | None, left: int, eta_s: float | None,
-                   stopped: bool = False) -> None:
+                   stopped: bool = False, infeasible: bool = False) -> None:
         eta = f", ETA {eta_s / 60:.1f} min" if eta_s is not None and left else ""
-        if summary is None:  # a stop on purpose (hopeless) is not a failure: say which it was
-            print(f"    {'STOPPED early' if stopped else 'FAILED'}: {failure}  [{left} left{eta}]", flush=True)
+        if summary is None:  # a stop on purpose (hopeless) or a refused combination is not a failure: say which
+            how = "STOPPED early" if stopped else "INFEASIBLE, not started" if infeasible else "FAILED"
+            print(f"    {how}: {failure}  [{left} left{eta}]", flush=True)
             return
         flag = "" if summary.feasible else "  (violates a constraint)"
         co2 = summary.carbon_g.get("total")
@@ -205,9 +206,8 @@ def cmd_search(args) -> int:
 
 
 def _print_cost(pb) -> None:
-    print(f"\nWhat the search cost: {pb.search_spent_j:,.0f} J over {pb.trials} trials ({pb.failed_trials} failed, "
-          f"{pb.stopped_trials} stopped early, {pb.reused_trials} duplicates reused, {pb.phase_reused_trials} resumed "
-          f"from stored phase outputs), plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
+    print(f"\nWhat the search cost: {pb.search_spent_j:,.0f} J over {pb.trials} trials ({pb.outcomes()}), "
+          f"plus {pb.isolation_spent_j:,.0f} J of isolation study ({pb.provenance})")
     if pb.per_recommendation:
         d = pb.deployment
         print(f"  payback for {d['retrains_per_month']:g} retrainings and {d['predictions_per_month']:,.0f} predictions "

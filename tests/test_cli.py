@@ -86,6 +86,8 @@ def test_the_console_tells_a_stopped_trial_from_a_failed_one(capsys):
     reporter = ConsoleReporter("macro_f1")
     reporter.trial_done(3, None, "after 50% of training, too far from the floor", 5, None, stopped=True)
     reporter.trial_done(4, None, "RuntimeError: out of memory", 4, None)
+    reporter.trial_done(5, None, "IncompatibleKnobs: int8 with bf16", 3, None, infeasible=True)
     out = capsys.readouterr().out.splitlines()
     assert out == ["    STOPPED early: after 50% of training, too far from the floor  [5 left]",
-                   "    FAILED: RuntimeError: out of memory  [4 left]"]
+                   "    FAILED: RuntimeError: out of memory  [4 left]",
+                   "    INFEASIBLE, not started: IncompatibleKnobs: int8 with bf16  [3 left]"]

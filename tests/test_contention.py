@@ -119,6 +119,14 @@ def detached_hog() -> int:
     return int(out.stdout.strip())
 
 
+def test_a_window_too_short_for_the_tick_counters_is_recorded_but_never_marked():
+    """One stray 10 ms tick in a 20 ms window reads as half a core of neighbours: not a verdict."""
+    blip = between(s(0.0, 100.0, 0.0, 0.0), s(0.02, 100.05, 0.0, 0.01))
+    assert blip["others_cores"] == 2.0 and blip["contended"] is False
+    long = between(s(0.0, 100.0, 0.0, 0.0), s(2.0, 104.0, 0.0, 1.0))
+    assert long["others_cores"] == 1.5 and long["contended"] is True
+
+
 def test_a_real_cpu_hog_marks_the_window_contended():
     """Busy loops on every CPU this process may use, while it sleeps: the window sees them as others' load."""
     cpus = len(os.sched_getaffinity(0))

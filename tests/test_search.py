@@ -113,6 +113,13 @@ def test_infeasible_combination_is_recorded_not_crashing(tmp_path, tiny_model_di
     assert fp16.state == TrialState.PRUNED and fp16.constraints and all(v > 0 for v in fp16.constraints.values())
     assert fp16.user_attrs["fail_reason"].startswith("infeasible: ")
     assert tracker.client.get_run(fp16.user_attrs["mlflow_run_id"]).data.tags["state"] == "infeasible"
+    # and the search's cost counts it as refused, not as failed
+    from greenknobs.search.publish import search_cost
+    from greenknobs.search.rows import all_rows, front_rows
+
+    cost = search_cost(exp, outcome.study, front_rows(outcome.study, exp), all_rows(outcome.study, exp))
+    assert (cost.failed_trials, cost.infeasible_trials) == (0, 1)
+    assert "0 failed, 1 infeasible before they started" in cost.outcomes()
 
 
 def test_interrupted_trial_is_requeued_with_its_knob_values(exp_path):

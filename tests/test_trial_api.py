@@ -326,3 +326,42 @@ def test_a_misusing_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, mo
     trials = {t.params["standin.width"]: t for t in open_study(load_experiment_with_function(path, misbehaving)).trials}
     assert trials[4].state.name == trials[3].state.name == "COMPLETE"
     assert trials[2].state.name == "FAIL" and "phase 'inference' opened twice" in trials[2].user_attrs["fail_reason"]
+
+
+def served_without_a_steady_window(trial):
+    """User code that serves its validation split in the inference phase and nothing more."""
+    width = trial.knob("standin.width")
+    trial.record("standin_width_used", width)
+    trial.record("standin_depth_used", trial.knob("standin.depth"))
+    trial.start_phase("inference")
+    trial.quality("validation", score=width / 4)
+    trial.start_phase("test")
+    trial.quality("test", score=width / 4 - 0.01)
+
+
+def test_per_1k_serving_energy_without_a_steady_window_is_said_not_silent(tmp_path, monkeypatch, capsys):
+    """objectives.energy inference_per_1k on code that never measures steady-state serving: the
+    figure falls back to the inference phase per prediction, and the trial and console say so."""
+    import yaml
+
+    import greenknobs as gk
+    from greenknobs.search import open_study
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "no-steady", "knobs": {
+            "standin.width": {"class": "greenknobs.testing.standin:Width", "default": 4, "choices": [2, 4]},
+            "standin.depth": {"class": "greenknobs.testing.standin:Depth", "default": 8, "low": 1, "high": 8}},
+        "objectives": {"energy": "inference_per_1k", "quality": {"metric": "score", "direction": "maximize"}},
+        "constraints": {"min_quality_retained": 0.5, "beat_trivial_by": None},
+        "budget": {"trials": 1}, "sampler": "random", "meter": "cpu-model", "reuse": False,
+        "storage": f"sqlite:///{tmp_path}/optuna.db", "mlflow_uri": f"sqlite:///{tmp_path}/mlflow.db"}))
+    gk.optimize(served_without_a_steady_window, path)
+    assert "never calls trial.serving_energy" in capsys.readouterr().out
+    from greenknobs.config import load_experiment_with_function
+
+    study = open_study(load_experiment_with_function(path, served_without_a_steady_window))
+    (baseline,) = study.get_trials()
+    assert baseline.state.name == "COMPLETE" and baseline.user_attrs["result"]["serving"] is None
+    assert "never calls trial.serving_energy" in baseline.user_attrs["serving_fallback"]

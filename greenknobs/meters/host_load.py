@@ -11,7 +11,9 @@ and a window is *contended* when, on average over it,
 
 -- other work used more than half a core, and this process could not simply have used idle cores
 instead (on a 64-core host, a neighbour on other cores does not contend). Where /proc/stat is not
-readable (not Linux), nothing is recorded and no window is marked.
+readable (not Linux), nothing is recorded and no window is marked. A window shorter than
+MIN_JUDGED_S is recorded but never marked: /proc/stat counts in clock ticks (10 ms), so one stray
+tick in a 20 ms window reads as half a core of neighbours.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from greenknobs.meters.cpu_model import tree_cpu_seconds
 
 CONTENDED_CORES = 0.5
+MIN_JUDGED_S = 0.5
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # /proc/stat columns: user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
 _BUSY = (0, 1, 2, 5, 6)
@@ -88,7 +91,7 @@ def between(a: HostSample | None, b: HostSample | None) -> dict[str, Any] | None
         "wall_s": round(wall, 4), "cpus": b.cpus, "own_cpu_s": round(own, 4), "others_cpu_s": round(others, 4),
         "steal_s": round(steal, 4), "own_cores": round(own_cores, 3), "others_cores": round(others_cores, 3),
         "steal_cores": round(steal_cores, 3), "loadavg_1m": [a.loadavg_1m, b.loadavg_1m],
-        "contended": contended(others_cores, steal_cores, own_cores, b.cpus),
+        "contended": wall >= MIN_JUDGED_S and contended(others_cores, steal_cores, own_cores, b.cpus),
     }
 
 

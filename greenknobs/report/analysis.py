@@ -457,6 +457,11 @@ DEFAULT_DEPLOYMENT = {"retrains_per_month": 4.0, "predictions_per_month": 1_000_
 ASSUMED_NOISE_REL = 0.10
 
 
+def _infeasible(row: TrialRow) -> bool:
+    """A combination refused before it started (IncompatibleKnobs): not a failure of the code."""
+    return (row.fail_reason or "").startswith("infeasible: ")
+
+
 @dataclass
 class Payback:
     search_spent_j: float  # every trial (failed ones included) and the warm-up runs
@@ -470,6 +475,13 @@ class Payback:
     phase_reused_trials: int = 0  # resumed from a stored phase output (data, model or trained model)
     deployment: dict[str, Any] = field(default_factory=dict)  # retrains_per_month, predictions_per_month, stated
     noise: dict[str, Any] = field(default_factory=dict)  # rel, source: the floor a saving must clear
+    infeasible_trials: int = 0  # combinations that cannot run here, refused before they started
+
+    def outcomes(self) -> str:
+        """How the trials ended, for a sentence: 'N failed, M infeasible, ...'."""
+        infeasible = f"{self.infeasible_trials} infeasible before they started, " if self.infeasible_trials else ""
+        return (f"{self.failed_trials} failed, {infeasible}{self.stopped_trials} stopped early, {self.reused_trials} "
+                f"duplicates reused, {self.phase_reused_trials} resumed from stored phase outputs")
 
     @property
     def total_spent_j(self) -> float:
@@ -510,12 +522,14 @@ def payback(search_rows: list[TrialRow], iso_rows: list[TrialRow], recs: list[Re
                                                   "(run `greenknobs ablate --repeats 3` to measure it)"})
     pb = Payback(sum(r.spent_j for r in search_rows) + overhead_j, sum(r.spent_j for r in iso_rows) + iso_overhead_j,
                  len(search_rows),
-                 sum(r.state == "FAIL" or (r.state == "PRUNED" and bool(r.fail_reason)) for r in search_rows),
+                 sum(r.state == "FAIL" or (r.state == "PRUNED" and bool(r.fail_reason) and not _infeasible(r))
+                     for r in search_rows),
                  sum(r.duplicate_of is not None for r in search_rows),
                  "measured" if provs == {"measured"} else "modelled", [],
                  stopped_trials=sum(r.state == "PRUNED" and bool(r.stop_reason) for r in search_rows),
                  phase_reused_trials=sum(r.reused_from is not None for r in search_rows),
-                 deployment=profile, noise=noise)
+                 deployment=profile, noise=noise,
+                 infeasible_trials=sum(r.state == "PRUNED" and _infeasible(r) for r in search_rows))
     if baseline is None:
         return pb
     base_train, base_1k = training_energy(baseline), inference_per_1k(baseline, predictions)

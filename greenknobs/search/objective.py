@@ -31,7 +31,7 @@ from greenknobs.search import study as studies
 from greenknobs.search.coordination import HostWorkers
 from greenknobs.search.energy_model import EnergyModel
 from greenknobs.search.figures import constraint_names, constraint_values, relative_figures
-from greenknobs.search.policies import FailureStreak, HopelessStop, InferenceVariants, TwinReuse
+from greenknobs.search.policies import FailureStreak, HopelessStop, InferenceVariants, TwinReuse, predicted_dominated
 from greenknobs.search.progress import Progress, Reporter
 from greenknobs.search.study import FrozenTrial, Study, Trial
 from greenknobs.search.warm_start import WarmStart
@@ -92,6 +92,7 @@ class Objective:
         self.host_workers: HostWorkers | None = None
         self.current_run: str | None = None
         self._base: FrozenTrial | None = None
+        self._said_no_steady_serving = False
         self.warm: WarmStart | None = None  # set by the worker once the study is open
 
     def __call__(self, study: Study, trial: Trial) -> Outcome:
@@ -232,7 +233,7 @@ class Objective:
         dominated = None
         if top is not None and objective_model is not None:
             bar, err = top[0], objective_model.loo_median_error
-            dominated = lambda sampled: objective_model.predict({**base, **sampled}) * (1.0 - err) > bar
+            dominated = lambda sampled: predicted_dominated(objective_model.predict({**base, **sampled}), err, bar)
         return studies.Weighing(cost=lambda sampled: model.predict({**base, **sampled}),
                                 alpha=min(1.0, max(0.0, left)), dominated=dominated)
 
@@ -314,7 +315,18 @@ class Objective:
             carbon_g=result.carbon_g() or {}, net_energy_j=result.net_energy_j())
         attrs = {"result": json.loads(json.dumps(result.to_dict(), default=str)),
                  "summary": json.loads(json.dumps(summary.to_dict(), default=str))}
+        if exp.serving_to_measure() is not None and result.serving is None:
+            attrs["serving_fallback"] = self._no_steady_serving()
         return Outcome(COMPLETE, (summary.energy_j, summary.quality), attrs, constraints)
+
+    def _no_steady_serving(self) -> str:
+        """The experiment asked for steady-state serving and the code measured none: say so, once."""
+        why = ("the pipeline measured no steady-state serving (it never calls trial.serving_energy(...)): its J per "
+               "1,000 predictions is the inference phase's energy per prediction, warm-up and scoring included")
+        if self.reporter and not self._said_no_steady_serving:
+            self.reporter.note(-1, why)
+        self._said_no_steady_serving = True
+        return why
 
     def _baseline(self, study: Study) -> FrozenTrial | None:
         """The study's completed baseline, read once: it never changes, and a result summarised
@@ -348,7 +360,8 @@ class Objective:
         self.current_run = None
         self.progress.finished(started)
         if self.reporter:
-            self.reporter.trial_done(trial.number, None, reason, self.progress.left(), self.progress.eta())
+            self.reporter.trial_done(trial.number, None, reason, self.progress.left(), self.progress.eta(),
+                                     infeasible=infeasible)
         if infeasible and not trial.user_attrs.get("baseline"):  # a baseline that cannot run ends the search
             return Outcome(PRUNED, attrs=attrs, constraints={name: 1.0 for name in constraint_names(self.exp)})
         if not infeasible:

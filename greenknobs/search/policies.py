@@ -37,6 +37,13 @@ REACH_SAFETY = 1.5
 REACH_MIN_TRIALS = 3
 
 
+def predicted_dominated(energy: float, error: float, most_accurate_energy: float) -> bool:
+    """A candidate predicted to cost more, even less the energy model's error, than the most accurate
+    feasible trial: it could reach the front only by out-scoring every trial so far. One rule for
+    the sampler (left out of its proposals) and the pre-start check (not started)."""
+    return energy * (1.0 - error) > most_accurate_energy
+
+
 class HopelessStop:
     """``stop_hopeless``: score validation partway through training and stop a trial that cannot
     end on the front -- at ``at_fraction`` one still at the trivial model's level or too far below
@@ -121,7 +128,7 @@ class HopelessStop:
             return None
         energy, error = predicted
         top_e, top_q = top
-        if energy * (1.0 - error) <= top_e:
+        if not predicted_dominated(energy, error, top_e):
             return None
         return (f"not started: its predicted energy, {energy:,.0f} J (less the energy model's {error:.0%} error: "
                 f"{energy * (1.0 - error):,.0f} J), is above the {top_e:,.0f} J of the most accurate feasible "

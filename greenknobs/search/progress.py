@@ -18,7 +18,8 @@ class Reporter(Protocol):
     def trial_started(self, number: int, index: int, planned: int, values: dict[str, Any], baseline: bool) -> None: ...
     def phase_done(self, number: int, phase: str, result: PhaseResult, energy_so_far_j: float) -> None: ...
     def trial_done(self, number: int, summary: TrialSummary | None, failure: str | None, left: int,
-                   eta_s: float | None, stopped: bool = False) -> None: ...  # stopped: on purpose, not failed
+                   eta_s: float | None, stopped: bool = False, infeasible: bool = False) -> None: ...
+    # stopped: on purpose, not failed; infeasible: a combination that cannot run here, refused before it started
     def note(self, number: int, message: str) -> None: ...  # number -1: about the search, not one trial
 
 
