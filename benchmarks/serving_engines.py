@@ -1,4 +1,4 @@
-"""Serving energy per engine: PyTorch eager, ONNX Runtime and OpenVINO, fp32 and int8, by batch size.
+"""Serving energy per engine: PyTorch eager, ONNX Runtime and OpenVINO, fp32, bf16 and int8, by batch size.
 
 Trains the experiment's baseline once (every knob at its default; --quick: the 600-article subset),
 then serves that one trained model every way greenknobs can and measures each at steady state
@@ -35,28 +35,31 @@ import torch
 from greenknobs.config import load_experiment
 from greenknobs.meters import create_meter
 from greenknobs.meters.steady import ServingConfig, measure
-from greenknobs.ml import engines, metrics
+from greenknobs.ml import engines, metrics, openvino_engine
 from greenknobs.ml.quantize import quantize_dynamic_int8
 from greenknobs.pipeline import execute_trial, pipeline_class
 from greenknobs.runtime import detect_runtime, machine
 from pipelines.text_classification import pad_batch
 
-# (label, engine, quantization)
-VARIANTS = [("torch fp32", "torch", "none"), ("torch int8 (dynamic)", "torch", "dynamic_int8"),
-            ("onnxruntime fp32", "onnxruntime", "none"), ("onnxruntime int8 (dynamic)", "onnxruntime", "dynamic_int8"),
-            ("onnxruntime int8 (static)", "onnxruntime", "static_int8"),
-            ("openvino fp32", "openvino", "none"), ("openvino int8 (static)", "openvino", "static_int8")]
+# (label, engine, quantization, precision)
+VARIANTS = [("torch fp32", "torch", "none", "fp32"), ("torch int8 (dynamic)", "torch", "dynamic_int8", "fp32"),
+            ("onnxruntime fp32", "onnxruntime", "none", "fp32"),
+            ("onnxruntime int8 (dynamic)", "onnxruntime", "dynamic_int8", "fp32"),
+            ("onnxruntime int8 (static)", "onnxruntime", "static_int8", "fp32"),
+            ("openvino fp32", "openvino", "none", "fp32"), ("openvino bf16", "openvino", "none", "bf16"),
+            ("openvino int8 (static)", "openvino", "static_int8", "fp32"),
+            ("openvino int8 (static) + bf16", "openvino", "static_int8", "bf16")]
 TARGET_RATIO, TARGET_F1 = 3.0, 0.99
 
 
-def serving_model(trained, engine: str, quantization: str, ctx, device: str):
+def serving_model(trained, engine: str, quantization: str, precision: str, ctx, device: str):
     """A copy of the trained model served the way one variant serves it (engines build on first call)."""
     model = copy.deepcopy(trained).eval()
     if engine == "torch":
         return quantize_dynamic_int8(model) if quantization == "dynamic_int8" else model, None
     ev = engines.EngineEvidence()
     engines.serve_through(model, engine, quantization, ev, phase=lambda: "inference", device=device,
-                          calibration=ctx.train, pad_id=ctx.pad_id or 0)
+                          calibration=ctx.train, pad_id=ctx.pad_id or 0, precision=precision)
     return model, ev
 
 
@@ -84,6 +87,10 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=1.0)
     ap.add_argument("--requests", type=int, default=128, help="validation rows in the request workload (whole passes per window)")
     ap.add_argument("--engines", default="torch,onnxruntime,openvino")
+    ap.add_argument("--openvino-config", action="append", metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="also serve the OpenVINO variants compiled with these settings over greenknobs' own "
+                         "(openvino_engine.COMPILE_CONFIG), e.g. INFERENCE_PRECISION_HINT=bf16; repeatable: a probe, "
+                         "not what the knob serves")
     ap.add_argument("--out", default="benchmarks/results/serving_engines.json")
     args = ap.parse_args()
     exp = load_experiment(args.experiment)
@@ -99,7 +106,11 @@ def main() -> None:
     pipeline = pipeline_class(exp.pipeline)(pipeline_class(exp.pipeline).validate_options(options))
     runtime = detect_runtime(exp.device)
     wanted = set(args.engines.split(","))
-    variants = [v for v in VARIANTS if v[1] in wanted and engines.availability(v[1], runtime.device).available]
+    variants = [(*v, {}) for v in VARIANTS if v[1] in wanted and engines.availability(v[1], runtime.device).available]
+    for spec in args.openvino_config or []:  # probes: the OpenVINO variants again, compiled otherwise
+        config = dict(kv.split("=", 1) for kv in spec.split(","))
+        variants += [(f"{label} [{spec}]", e, q, p, config) for label, e, q, p, c in list(variants)
+                     if e == "openvino" and not c]
 
     meter = create_meter(exp.meter.name, exp.meter.params)
     started = time.perf_counter()
@@ -110,11 +121,15 @@ def main() -> None:
         truth = [r["label"] for r in ctx.validation]
         requests = ctx.validation[: cfg.requests]
         rows = []
-        for label, engine, quantization in variants:
-            model, ev = serving_model(ctx.model, engine, quantization, ctx, runtime.device)
+        for label, engine, quantization, precision, config in variants:
+            own = dict(openvino_engine.COMPILE_CONFIG)
+            openvino_engine.COMPILE_CONFIG.update(config)  # sessions build on the first call, just below
+            model, ev = serving_model(ctx.model, engine, quantization, precision, ctx, runtime.device)
             t0 = time.perf_counter()
             f1 = metrics.macro_f1(truth, predict(model, batches_of(ctx.validation, 32, ctx.pad_id, runtime.device)))
             first_s = time.perf_counter() - t0  # includes the export and the engine's build
+            openvino_engine.COMPILE_CONFIG.clear()
+            openvino_engine.COMPILE_CONFIG.update(own)
             for size in sizes:
                 work = batches_of(requests, size, ctx.pad_id, runtime.device)
 
@@ -124,12 +139,14 @@ def main() -> None:
                     return len(work[i][0])
 
                 rec, _ = measure(meter, serve, len(work), cfg, len(requests), size)
-                row = {"variant": label, "engine": engine, "quantization": quantization, "batch_size": size,
+                row = {"variant": label, "engine": engine, "quantization": quantization, "precision": precision,
+                       "batch_size": size,
                        "j_per_1k": rec["j_per_1k"], "j_per_1k_min": rec["j_per_1k_min"], "j_per_1k_max": rec["j_per_1k_max"],
                        "provenance": rec["provenance"], "p50_ms": rec["latency_ms"]["p50"], "p95_ms": rec["latency_ms"]["p95"],
                        "validation_macro_f1": f1, "windows": rec["windows"], "first_pass_s": round(first_s, 2),
                        "contended_windows": rec["contended_windows"],
                        "int8_nodes_ran": (ev.ran or {}).get("int8_nodes_ran") if ev else None,
+                       "bf16_nodes_ran": (ev.ran or {}).get("bf16_nodes_ran") if ev else None, "compile_config": config,
                        "providers": ev.providers if ev else ["torch eager"]}
                 rows.append(row)
                 print(f"{label:<28} batch {size:>3}: {row['j_per_1k']:8.1f} J/1k [{row['j_per_1k_min']:.1f}-"
@@ -181,14 +198,15 @@ def compare(rows: list[dict], sizes: list[int]) -> list[dict]:
 
 
 def int8_costlier(rows: list[dict]) -> list[str]:
-    """int8 that costs more per 1,000 predictions than the same engine's fp32 at the same batch size."""
+    """int8 that costs more per 1,000 predictions than its float twin (same engine, precision and batch size)."""
     out = []
     for r in rows:
-        fp32 = next((f for f in rows if f["engine"] == r["engine"] and f["batch_size"] == r["batch_size"]
-                     and f["quantization"] == "none"), None)
-        if r["quantization"] != "none" and fp32 and r["j_per_1k"] > fp32["j_per_1k"]:
-            out.append(f"{r['variant']} at batch {r['batch_size']}: {r['j_per_1k']:.1f} J/1k, more than fp32's "
-                       f"{fp32['j_per_1k']:.1f} J/1k")
+        twin = next((f for f in rows if f["engine"] == r["engine"] and f["batch_size"] == r["batch_size"]
+                     and f["quantization"] == "none" and f.get("precision") == r.get("precision")
+                     and f.get("compile_config") == r.get("compile_config")), None)
+        if r["quantization"] != "none" and twin and r["j_per_1k"] > twin["j_per_1k"]:
+            out.append(f"{r['variant']} at batch {r['batch_size']}: {r['j_per_1k']:.1f} J/1k, more than its float "
+                       f"twin's {twin['j_per_1k']:.1f} J/1k")
             print(f"warning: {out[-1]}")
     return out
 

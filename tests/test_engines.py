@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,7 @@ def test_fp32_engine_serves_every_prediction_and_agrees_with_pytorch(pipeline, r
     assert ev["session_runs"] == ev["serving_forwards"] > 0  # validation and test, every batch
     if engine == "openvino":  # stated, since the CPU plugin's default on AMX/AVX512-BF16 machines is bf16
         assert ev["build"]["inference_precision"] == "f32"
+        assert ev["ran"]["bf16_nodes_ran"] == 0  # and held: no executed kernel ran in bf16
     assert ev["ran"]["nodes_ran"] > 0 and ev["ran"]["int8_nodes_ran"] == 0 and ev["ran"]["float_matmuls_ran"] > 0
     a = ev["agreement"]
     assert a["rows"] >= 8  # the tiny validation split, every row
@@ -76,6 +78,32 @@ def test_int8_graph_ran_int8_nodes(pipeline, runtime, engine, quantization):
         assert r.verifications["inference.engine"]["calibration_rows"] > 0  # calibrated on training rows
     agreement = r.verifications["inference.engine"]["agreement"]
     assert agreement["argmax_agree"] >= 0.9 * agreement["rows"]
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@pytest.mark.parametrize("quantization", ["none", "static_int8"])
+def test_openvino_bf16_is_the_plugins_precision_proven_by_the_kernels_that_ran(pipeline, runtime, quantization):
+    """inference.precision bf16 with OpenVINO: the plugin compiles in bf16 (the PyTorch model is not
+    cast) and its profiled run executed bf16 kernels; on a CPU without bf16 kernels the knob says so."""
+    values = {"inference.engine": "openvino", "inference.precision": "bf16", "inference.quantization": quantization}
+    if not _cpu_has_bf16():
+        with pytest.raises(KnobError, match="inference.precision did not take effect: no node .* ran in bf16"):
+            F.run_knobs(pipeline, values, runtime)
+        return
+    r = F.run_knobs(pipeline, values, runtime)
+    ev = r.verifications["inference.engine"]
+    assert ev["build"]["precision"] == "bf16" and ev["ran"]["bf16_nodes_ran"] > 0
+    assert r.verifications["inference.precision"]["bf16_nodes_ran"] == ev["ran"]["bf16_nodes_ran"]
+    assert ev["agreement"]["argmax_agree"] >= 0.9 * ev["agreement"]["rows"]  # bf16 rounds: the argmax is the bar
+    if quantization == "static_int8":
+        assert ev["ran"]["int8_nodes_ran"] >= 8
 
 
 def test_a_wrong_engine_output_fails_the_agreement_check(pipeline, runtime, monkeypatch):
@@ -111,7 +139,7 @@ def test_an_engine_not_installed_is_infeasible_with_the_reason(pipeline, runtime
 @pytest.mark.parametrize("values,why", [
     ({"inference.engine": "onnxruntime", "inference.early_exit": 0.9, "training.exit_head_depth": 0.5}, "early exit"),
     ({"inference.engine": "onnxruntime", "inference.compile": "inductor"}, "torch.compile"),
-    ({"inference.engine": "openvino", "inference.precision": "bf16"}, "fp32 graph"),
+    ({"inference.engine": "onnxruntime", "inference.precision": "bf16"}, "fp32 graph"),
     ({"inference.engine": "onnxruntime", "model.weight_dtype": "bf16"}, "bf16/fp16 weights"),
     ({"inference.engine": "openvino", "inference.quantization": "dynamic_int8"}, "use static_int8"),
     ({"inference.quantization": "static_int8"}, "exported engines' path"),

@@ -124,6 +124,29 @@ def test_baseline_values_change_nothing(harness, runtime):
     C.check_baseline_changes_nothing(harness, runtime, overrides={"system.threads": default_threads})
 
 
+def test_a_knob_that_acts_at_its_baseline_through_a_hook_is_caught(harness, runtime, monkeypatch):
+    """The baseline check watches the hooks run(trial) code reaches knobs by, not only apply():
+    a serving-precision knob that nudges the handed model's weights at its fp32 baseline -- which
+    its own verification (the output dtype) cannot see -- is named."""
+    import torch
+
+    from greenknobs.knobs.inference import InferencePrecision
+
+    acts_anyway = InferencePrecision.handed
+
+    def nudges_at_baseline(self, kind, obj, value, trial):
+        out = acts_anyway(self, kind, obj, value, trial)
+        if kind == "model":
+            with torch.no_grad():
+                next(obj.parameters()).add_(1e-3)
+        return out
+
+    monkeypatch.setattr(InferencePrecision, "handed", nudges_at_baseline)
+    torch.set_num_threads(REGISTRY["system.threads"].default)
+    with pytest.raises(AssertionError, match="inference.precision"):
+        C.check_baseline_changes_nothing(harness, runtime, overrides={"system.threads": REGISTRY["system.threads"].default})
+
+
 def test_gpu_only_values_refuse_on_cpu(harness, runtime):
     from greenknobs.errors import IncompatibleKnobs
 

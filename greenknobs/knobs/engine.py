@@ -4,7 +4,9 @@ How it combines with the other serving knobs: ``inference.quantization`` says *w
 served model is int8 and the engine says *whose* int8 -- PyTorch's dynamic int8 (torch.ao), ONNX
 Runtime's dynamic or static (calibrated on training rows) quantisation, or NNCF's static
 quantisation for OpenVINO. Settings that an exported graph cannot follow (early exit, torch.compile,
-a bf16/fp16 serving cast, bf16 weights, bitsandbytes layers) are refused before the trial starts.
+a serving cast other than OpenVINO's own bf16, bf16 weights, bitsandbytes layers) are refused before
+the trial starts. ``inference.precision: bf16`` with OpenVINO is the plugin's bf16 inference
+precision (AMX / AVX512-BF16 kernels), not a cast of the PyTorch model.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ class InferenceEngine(ObjectKnob):
                  "early exit runs a truncated layer stack per batch; an exported graph runs the whole model"),
         Conflict("inference.compile", _exported, lambda c: c != "off",
                  "torch.compile and an exported engine both compile the serving forward: choose one"),
-        Conflict("inference.precision", _exported, lambda p: p != "fp32",
-                 "an engine serves the exported fp32 graph; its reduced precision is int8 (inference.quantization)"),
+        Conflict("inference.precision", lambda e: e == "onnxruntime", lambda p: p != "fp32",
+                 "ONNX Runtime serves the exported fp32 graph; its reduced precision is int8 (inference.quantization)"),
         Conflict("model.weight_dtype", _exported, lambda d: d != "fp32",
                  "the engines' CPU kernels serve fp32 or int8 graphs, not one exported with bf16/fp16 weights"),
         Conflict("model.quantized_load", _exported, lambda q: q != "none", "bitsandbytes layers do not export to ONNX"),
@@ -70,6 +72,7 @@ class InferenceEngine(ObjectKnob):
         ctx = trial.ctx
         trial.scratch(self)["close"] = engines.serve_through(
             model, value, ctx.settings.get("inference.quantization", "none"), trial.evidence(self),
+            precision=ctx.settings.get("inference.precision", "fp32"),
             phase=lambda: trial.current_phase, device=trial.runtime.device, calibration=ctx.extras.get("calibration"),
             pad_id=ctx.pad_id or 0)
 
@@ -91,8 +94,8 @@ class InferenceEngine(ObjectKnob):
             return f"only {ev.session_runs} of {ev.serving_forwards} serving forwards ran in the {value} session"
         if not ev.ran or not ev.ran.get("nodes_ran"):
             return "the session's profiled run recorded no executed node"
-        quantization = (ev.build or {}).get("quantization", "none")
-        return engines.disagreement(ev, quantization)
+        build = ev.build or {}
+        return engines.disagreement(ev, build.get("quantization", "none"), build.get("precision", "fp32"))
 
     def report(self, value, ev, ctx):
         out = {"engine": ev.engine or "torch", "session": ev.session, "providers": ev.providers,

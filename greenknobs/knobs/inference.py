@@ -135,14 +135,17 @@ def _engine(ctx) -> str:
 @register
 class InferencePrecision(ObjectKnob):
     name = "inference.precision"
-    conflicts = (Conflict("inference.quantization", lambda p: p != "fp32", lambda q: q != "none",
+    conflicts = (Conflict("inference.quantization", lambda p: p != "fp32", lambda q: q == "dynamic_int8",
                           "dynamic int8 kernels take fp32 activations"),)
     default = "fp32"
     space = Space(choices=tuple(DTYPES))
     value_devices = FP16_NEEDS_CUDA
     example = "bf16"
-    description = "Cast the trained model (in place) to this dtype as serving starts (bf16 on CPU or GPU; fp16 on GPU only)."
-    verifies = "dtype of the output of the first serving forward pass"
+    description = ("Cast the trained model (in place) to this dtype as serving starts (bf16 on CPU or GPU; fp16 on GPU "
+                   "only). With inference.engine openvino, bf16 is the plugin's inference precision instead (AMX / "
+                   "AVX512-BF16 kernels; with static_int8, the ops left in float).")
+    verifies = ("dtype of the output of the first serving forward pass; with OpenVINO, the bf16 kernels its profiled "
+                "first run executed")
     watches = ("model",)
     needs = (("model",),)
     needs_hint = "the model: trial.model(model)"
@@ -158,12 +161,22 @@ class InferencePrecision(ObjectKnob):
         ev = trial.evidence(self)
         if ev.weights is None:
             ev.weights = instruments.floating_dtype(model)
-        if value != "fp32" and trial.may_act(self, "model", model):
+        # an exported engine runs the graph in its own precision (it reads this knob's setting)
+        if value != "fp32" and _engine(trial.ctx) == "torch" and trial.may_act(self, "model", model):
             cast_model(model, value)
             if trial.ctx.exit_head is not None:
                 cast_model(trial.ctx.exit_head, value)
 
     def judge(self, value, ev, ctx):
+        served = ctx.evidence.get("inference.engine")
+        if served is not None and served.engine is not None:  # an exported engine served: judge its kernels
+            n = (served.ran or {}).get("bf16_nodes_ran")
+            if n is None:  # ONNX Runtime: the exported graph's float nodes are fp32 (it is refused bf16)
+                return None if value == "fp32" else f"the {served.engine} session records no per-node precision"
+            if value == "fp32":
+                return f"{n} nodes ran in bf16 in the {served.engine} graph" if n else None
+            return None if n else (f"no node of the {served.engine} graph ran in {value} (does this CPU have "
+                                   "AVX512-BF16 or AMX?)")
         if ev.output_dtype is None:
             return "no serving forward pass was watched"
         want = str(DTYPES[value])
@@ -172,6 +185,10 @@ class InferencePrecision(ObjectKnob):
         return None if ok else f"serving output was {ev.output_dtype}"
 
     def report(self, value, ev, ctx):
+        served = ctx.evidence.get("inference.engine")
+        if served is not None and served.engine is not None:
+            return {"engine": served.engine, "bf16_nodes_ran": (served.ran or {}).get("bf16_nodes_ran"),
+                    "nodes_ran": (served.ran or {}).get("nodes_ran")}
         return {"inference_output_dtype": ev.output_dtype}
 
 

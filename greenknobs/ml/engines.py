@@ -74,7 +74,7 @@ def availability(engine: str, device: str) -> Availability:
 
 def serve_through(model: torch.nn.Module, engine: str, quantization: str, ev: EngineEvidence, *,
                   phase: Callable[[], str | None], device: str, calibration: Sequence[dict[str, Any]] | None,
-                  pad_id: int) -> Callable[[], None]:
+                  pad_id: int, precision: str = "fp32") -> Callable[[], None]:
     """From now on ``model`` serves through ``engine`` (built lazily, on its first serving call).
     Returns the undo: the model's own forward back, the engine's session freed."""
     original = model.forward  # the bound class forward (or whatever an earlier knob installed)
@@ -83,7 +83,7 @@ def serve_through(model: torch.nn.Module, engine: str, quantization: str, ev: En
     def forward(*args: Any, **kwargs: Any) -> Any:
         kwargs.pop("labels", None)  # a served graph computes no loss
         if "server" not in state:
-            _build(state, model, original, engine, quantization, ev, args, kwargs, device, calibration, pad_id)
+            _build(state, model, original, engine, quantization, precision, ev, args, kwargs, device, calibration, pad_id)
         sig, server = state["sig"], state["server"]
         named = [n for n in sig.names if not n.startswith("arg")]
         if len(args) != len(sig.names) - len(named) or any(n not in kwargs for n in named):
@@ -99,7 +99,7 @@ def serve_through(model: torch.nn.Module, engine: str, quantization: str, ev: En
         if where in ("inference", "test", "serving"):
             ev.session_runs += 1
         if where == "inference" and (ev.agreement or {}).get("rows", 0) < AGREEMENT_ROWS:
-            _compare(ev, original, args, kwargs, out, quantization, reference)
+            _compare(ev, original, args, kwargs, out, quantization, precision, reference)
         return EngineOutput(out) if sig.logits_attr else out
 
     restore = instruments.replace_forward(model, forward)
@@ -114,7 +114,7 @@ def serve_through(model: torch.nn.Module, engine: str, quantization: str, ev: En
 
 
 def _build(state: dict[str, Any], model: torch.nn.Module, original: Any, engine: str, quantization: str,
-           ev: EngineEvidence, args: tuple, kwargs: dict, device: str, calibration: Sequence[dict[str, Any]] | None,
+           precision: str, ev: EngineEvidence, args: tuple, kwargs: dict, device: str, calibration: Sequence[dict[str, Any]] | None,
            pad_id: int) -> None:
     model.eval()
     with torch.no_grad(), instruments.hooks_removed([model]):
@@ -129,7 +129,7 @@ def _build(state: dict[str, Any], model: torch.nn.Module, original: Any, engine:
             ev.calibration_rows = sum(len(f[sig.names[0]]) for f in feeds)
         module_name, cls_name = _MODULES[engine]
         server_cls = getattr(importlib.import_module(module_name), cls_name)
-        extra = {"transformer": "input_ids" in sig.names} if engine == "openvino" else {}
+        extra = {"transformer": "input_ids" in sig.names, "precision": precision} if engine == "openvino" else {}
         server = server_cls(workdir / "model.onnx", quantization, feeds, device, torch.get_num_threads(), workdir, **extra)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -165,7 +165,7 @@ def calibration_feeds(rows: Sequence[dict[str, Any]] | None, names: Sequence[str
 
 
 def _compare(ev: EngineEvidence, original: Any, args: tuple, kwargs: dict, served: torch.Tensor,
-             quantization: str, reference: torch.Tensor | None = None) -> None:
+             quantization: str, precision: str = "fp32", reference: torch.Tensor | None = None) -> None:
     """The PyTorch model's own prediction of the same rows (hooks off: it is a check, not serving)."""
     start = time.perf_counter()
     if reference is None:
@@ -179,27 +179,29 @@ def _compare(ev: EngineEvidence, original: Any, args: tuple, kwargs: dict, serve
     a["max_abs_diff"] = max(a["max_abs_diff"], float((ref - got).abs().max()))
     a["largest_logit"] = max(a["largest_logit"], float(ref.abs().max()))
     a["check_s"] = round(a["check_s"] + time.perf_counter() - start, 4)
-    a["tolerance"] = tolerance(quantization)
+    a["tolerance"] = tolerance(quantization, precision)
     ev.agreement = a
 
 
-def tolerance(quantization: str) -> str:
-    if quantization == "none":
+def tolerance(quantization: str, precision: str = "fp32") -> str:
+    if quantization == "none" and precision == "fp32":
         return f"|logit diff| <= {FP32_TOLERANCE:g} x max(1, largest |logit|)"
     return f"argmax agrees on >= {INT8_MIN_AGREEMENT:.0%} of rows"
 
 
-def disagreement(ev: EngineEvidence, quantization: str) -> str | None:
-    """None when the engine's predictions agree with PyTorch's within the stated tolerance."""
+def disagreement(ev: EngineEvidence, quantization: str, precision: str = "fp32") -> str | None:
+    """None when the engine's predictions agree with PyTorch's within the stated tolerance (exact
+    logits for fp32, the argmax for int8 or bf16, which round every matmul)."""
     a = ev.agreement
     if not a or not a["rows"]:
         return "no validation rows were compared with the PyTorch model"
-    if quantization == "none":
+    if quantization == "none" and precision == "fp32":
         limit = FP32_TOLERANCE * max(1.0, a["largest_logit"])
         if a["max_abs_diff"] > limit:
             return f"engine logits differ from PyTorch's by {a['max_abs_diff']:.3g} (> {limit:.3g}) on {a['rows']} validation rows"
         return None
     rate = a["argmax_agree"] / a["rows"]
     if rate < INT8_MIN_AGREEMENT:
-        return f"int8 engine agrees with PyTorch on {rate:.0%} of {a['rows']} validation rows (< {INT8_MIN_AGREEMENT:.0%})"
+        kind = "int8" if quantization != "none" else precision
+        return f"{kind} engine agrees with PyTorch on {rate:.0%} of {a['rows']} validation rows (< {INT8_MIN_AGREEMENT:.0%})"
     return None

@@ -34,13 +34,22 @@ def available(device: str = "cpu") -> Availability:
     return Availability(True)
 
 
+# What every session compiles with. PERF_COUNT: the profiled first run is the int8 evidence (the
+# nodes that executed, and in what precision). f32: the float parts run in fp32 as the PyTorch model
+# does -- on AMX/AVX512-bf16 CPUs OpenVINO would otherwise choose bf16 for them. LATENCY: one
+# stream, the request batches of a serving loop. benchmarks/serving_engines.py --openvino-config
+# probes other settings.
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}  # inference.precision -> the plugin's INFERENCE_PRECISION_HINT
+COMPILE_CONFIG: dict[str, str] = {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+
+
 class OpenVinoServer:
     """One compiled model and its infer request serving the exported graph."""
 
     engine = ENGINE
 
     def __init__(self, onnx_path: Path, quantization: str, calibration: list[dict[str, np.ndarray]] | None,
-                 device: str, threads: int, workdir: Path, transformer: bool = True):
+                 device: str, threads: int, workdir: Path, transformer: bool = True, precision: str = "fp32"):
         import openvino as ov
 
         start = time.perf_counter()
@@ -50,8 +59,12 @@ class OpenVinoServer:
             model = _nncf_quantize(model, calibration, transformer)
         elif quantization != "none":
             raise ValueError(f"OpenVINO serves none or static_int8, not {quantization}")
-        self.compiled = core.compile_model(model, "CPU", {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": "f32",
-                                                          "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        if precision not in PRECISION_HINTS:
+            raise ValueError(f"OpenVINO serves fp32 or bf16, not {precision}")
+        config = {**COMPILE_CONFIG, "INFERENCE_NUM_THREADS": threads}
+        if precision != "fp32":  # else COMPILE_CONFIG's own hint (f32 unless a probe changed it)
+            config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self.compiled.inputs]
         self.runs = 0
@@ -59,7 +72,8 @@ class OpenVinoServer:
         self.facts = {"engine": ENGINE, "version": ov.__version__,
                       "providers": list(self.compiled.get_property("EXECUTION_DEVICES")),
                       "inference_precision": _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT")),
-                      "threads": threads, "quantization": quantization, "build_s": round(time.perf_counter() - start, 3)}
+                      "threads": threads, "quantization": quantization, "precision": precision,
+                      "build_s": round(time.perf_counter() - start, 3)}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self.request.infer({k: feeds[k] for k in self.input_names})
@@ -92,5 +106,6 @@ def _executed(profiling: list[Any], devices: list[str]) -> dict[str, Any]:
     int8 = [p for p in mm if "i8" in p.exec_type.lower() or "u8" in p.exec_type.lower()]
     kernels = Counter(f"{p.node_type}:{p.exec_type}" for p in int8)
     return {"nodes_ran": len(ran), "int8_nodes_ran": len(int8), "int8_kind": "static" if int8 else None,
+            "bf16_nodes_ran": sum("bf16" in p.exec_type.lower() for p in ran),
             "float_matmuls_ran": len(mm) - len(int8), "int8_ops": dict(sorted(kernels.items())),
             "providers_ran": {d: len(ran) for d in devices[:1]}}

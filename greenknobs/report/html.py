@@ -152,7 +152,8 @@ def _progress(r: Report) -> str:
 
 def _cost(r: Report) -> str:
     pb = r.payback
-    head = (f"<p>The search spent <b>{pb.search_spent_j:,.0f} J</b> over {pb.trials} trials ({e(pb.outcomes())}) and the isolation study <b>{pb.isolation_spent_j:,.0f} J</b>: "
+    head = (f"<p>The search spent <b>{pb.search_spent_j:,.0f} J</b> over {pb.trials} trials ({e(pb.outcomes())}) "
+            f"and the isolation study <b>{pb.isolation_spent_j:,.0f} J</b>: "
             f"{pb.total_spent_j:,.0f} J in all ({pb.total_spent_j / 3.6e6:.5f} kWh, {r.grams(pb.total_spent_j):.3f} g "
             f"CO2e), {e(pb.provenance)}.</p>")
     d = pb.deployment

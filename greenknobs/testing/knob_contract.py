@@ -133,40 +133,67 @@ def check_refused(name: str, pipeline, runtime: Runtime, run: Runner = run_knobs
 
 def check_baseline_changes_nothing(pipeline, runtime: Runtime, run: Runner = run_knobs_with_context,
                                    overrides: dict[str, Any] | None = None) -> TrialResult:
-    """Every knob's apply at its baseline may write settings and evidence, nothing else."""
+    """Every knob at its baseline may write settings and evidence, nothing else: through a
+    five-phase pipeline's ``apply`` and through the hooks that act on objects user code hands over
+    (``handed``, ``phase_started``) alike -- a run(trial) pipeline reaches knobs only by the latter."""
     import torch
 
     from greenknobs.ml import probes
 
     changed: dict[str, Any] = {}
 
-    def state(ctx):
-        model = ctx.model
+    def state(model: Any, train: Any):
         return (probes.checksum(model) if model is not None else None,
                 tuple(type(m).__name__ for m in model.modules()) if model is not None else None,
-                [id(r) for r in ctx.train], torch.get_num_threads(), torch.get_num_interop_threads())
+                [id(r) for r in train or []], torch.get_num_threads(), torch.get_num_interop_threads())
 
-    originals = {}
+    def ctx_state(ctx):
+        return state(getattr(ctx, "model", None), getattr(ctx, "train", None))
+
+    def trial_state(trial):
+        model = trial.handed("model") if hasattr(trial, "handed") else None
+        return state(model if model is not None else getattr(trial.ctx, "model", None), getattr(trial.ctx, "train", None))
+
+    def apply(orig, name):
+        def wrapped(self, ctx, value):
+            before = ctx_state(ctx)
+            orig(self, ctx, value)
+            if ctx_state(ctx) != before:
+                changed[name] = value
+        return wrapped
+
+    def handed(orig, name):
+        def wrapped(self, kind, obj, value, trial):
+            before = state(obj, None) if kind == "model" else None
+            out = orig(self, kind, obj, value, trial)
+            if (out is not None and out is not obj) or (kind == "model" and state(obj, None) != before):
+                changed[name] = value
+            return out
+        return wrapped
+
+    def phase_started(orig, name):
+        def wrapped(self, phase, value, trial):
+            before = trial_state(trial)
+            orig(self, phase, value, trial)
+            if trial_state(trial) != before:
+                changed[name] = value
+        return wrapped
+
+    hooks = {"apply": apply, "handed": handed, "phase_started": phase_started}
+    originals = []
     for name in pipeline.knobs:
         cls = REGISTRY[name]
-        originals[cls] = cls.__dict__.get("apply")
-        inherited = cls.apply
-
-        def wrapped(self, ctx, value, _orig=inherited, _name=name):
-            before = state(ctx)
-            _orig(self, ctx, value)
-            if state(ctx) != before:
-                changed[_name] = value
-
-        cls.apply = wrapped  # type: ignore[method-assign]
+        for method, wrap in hooks.items():
+            originals.append((cls, method, cls.__dict__.get(method)))
+            setattr(cls, method, wrap(getattr(cls, method), name))
     try:
         result, _ = run(pipeline, dict(overrides or {}), runtime)
     finally:
-        for cls, original in originals.items():
+        for cls, method, original in reversed(originals):
             if original is None:
-                del cls.apply
+                delattr(cls, method)
             else:
-                cls.apply = original  # type: ignore[method-assign]
+                setattr(cls, method, original)
     assert not changed, f"baseline values changed the trial: {changed}"
     assert set(result.verifications) == set(pipeline.knobs)
     return result
