@@ -36,6 +36,7 @@ from greenknobs.config import load_experiment
 from greenknobs.meters import create_meter
 from greenknobs.meters.steady import ServingConfig, measure
 from greenknobs.ml import engines, metrics, openvino_engine
+from greenknobs.ml.precision import cast_model
 from greenknobs.ml.quantize import quantize_dynamic_int8
 from greenknobs.pipeline import execute_trial, pipeline_class
 from greenknobs.runtime import detect_runtime, machine
@@ -43,6 +44,7 @@ from pipelines.text_classification import pad_batch
 
 # (label, engine, quantization, precision)
 VARIANTS = [("torch fp32", "torch", "none", "fp32"), ("torch int8 (dynamic)", "torch", "dynamic_int8", "fp32"),
+            ("torch bf16", "torch", "none", "bf16"),
             ("onnxruntime fp32", "onnxruntime", "none", "fp32"),
             ("onnxruntime int8 (dynamic)", "onnxruntime", "dynamic_int8", "fp32"),
             ("onnxruntime int8 (static)", "onnxruntime", "static_int8", "fp32"),
@@ -56,6 +58,8 @@ def serving_model(trained, engine: str, quantization: str, precision: str, ctx, 
     """A copy of the trained model served the way one variant serves it (engines build on first call)."""
     model = copy.deepcopy(trained).eval()
     if engine == "torch":
+        if precision != "fp32":  # what inference.precision does with PyTorch: cast the model as serving starts
+            return cast_model(model, precision), None
         return quantize_dynamic_int8(model) if quantization == "dynamic_int8" else model, None
     ev = engines.EngineEvidence()
     engines.serve_through(model, engine, quantization, ev, phase=lambda: "inference", device=device,
@@ -175,7 +179,8 @@ def compare(rows: list[dict], sizes: list[int]) -> list[dict]:
     out = []
     for size in sizes:
         at = [r for r in rows if r["batch_size"] == size]
-        fp32 = next((r for r in at if r["engine"] == "torch" and r["quantization"] == "none"), None)
+        fp32 = next((r for r in at if r["engine"] == "torch" and r["quantization"] == "none"
+                     and r.get("precision", "fp32") == "fp32"), None)
         int8 = next((r for r in at if r["engine"] == "torch" and r["quantization"] == "dynamic_int8"), None)
         if fp32 is None:
             continue
@@ -184,7 +189,11 @@ def compare(rows: list[dict], sizes: list[int]) -> list[dict]:
             print(f"batch {size}: no engine kept {TARGET_F1:.0%} of PyTorch fp32's validation F1")
             continue
         best = min(ok, key=lambda r: r["j_per_1k"])
+        # PyTorch's own best setting within the bar (dynamic int8, or a bf16 cast on CPUs with AMX)
+        torch_ok = [r for r in at if r["engine"] == "torch" and r["validation_macro_f1"] >= TARGET_F1 * fp32["validation_macro_f1"]]
+        torch_best = min(torch_ok, key=lambda r: r["j_per_1k"])
         v = {"batch_size": size, "best": best["variant"], "j_per_1k": best["j_per_1k"],
+             "best_torch": torch_best["variant"], "vs_best_torch": torch_best["j_per_1k"] / best["j_per_1k"],
              "vs_torch_fp32": fp32["j_per_1k"] / best["j_per_1k"],
              "vs_torch_int8": int8["j_per_1k"] / best["j_per_1k"] if int8 else None,
              "f1_retained": best["validation_macro_f1"] / fp32["validation_macro_f1"] if fp32["validation_macro_f1"] else None}
@@ -192,7 +201,8 @@ def compare(rows: list[dict], sizes: list[int]) -> list[dict]:
         out.append(v)
         vs8 = f"{v['vs_torch_int8']:.2f}x" if v["vs_torch_int8"] else "-"
         print(f"batch {size}: best {v['best']} {v['j_per_1k']:.1f} J/1k: {v['vs_torch_fp32']:.2f}x lower than PyTorch "
-              f"fp32 eager, {vs8} vs PyTorch dynamic int8, {100 * (v['f1_retained'] or 0):.1f} % of its validation F1 "
+              f"fp32 eager, {vs8} vs PyTorch dynamic int8, {v['vs_best_torch']:.2f}x vs PyTorch's best ({v['best_torch']}), "
+              f"{100 * (v['f1_retained'] or 0):.1f} % of its validation F1 "
               f"(target >= {TARGET_RATIO:g}x at >= {TARGET_F1:.0%}: {'met' if v['target_met'] else 'not met'})")
     return out
 

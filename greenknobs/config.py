@@ -439,7 +439,8 @@ def parse_experiment(raw: Any, source: str = "<memory>") -> Experiment:
     timeout_s = _number(budget.get("timeout_s"), "budget.timeout_s", low=1, allow_none=True)
     energy_budget_j = _number(budget.get("energy_j"), "budget.energy_j", low=1, allow_none=True)
     reuse = _reuse(raw.get("reuse"))
-    stop_hopeless = _stop_hopeless(raw.get("stop_hopeless"))
+    # a grid is a request to measure every point: no candidate is refused on a prediction unless asked
+    stop_hopeless = _stop_hopeless(raw.get("stop_hopeless"), before_start=raw.get("sampler", "tpe") != "grid")
 
     sampler = raw.get("sampler", "tpe")
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
@@ -554,12 +555,12 @@ def _reuse(raw: Any) -> Reuse:
                  float(_number(raw.get("max_gb", d.max_gb), "reuse.max_gb", low=0.01, high=10_000)))
 
 
-def _stop_hopeless(raw: Any) -> StopHopeless:
+def _stop_hopeless(raw: Any, before_start: bool = True) -> StopHopeless:
     if isinstance(raw, bool):
-        return StopHopeless(enabled=raw)
+        return StopHopeless(enabled=raw, before_start=before_start)
     raw = _mapping(raw, "stop_hopeless")
     _reject_unknown(raw, ("enabled", "at_fraction", "below_floor", "rungs", "before_start"), "stop_hopeless")
-    d = StopHopeless()
+    d = StopHopeless(before_start=before_start)
     flags = {k: raw.get(k, getattr(d, k)) for k in ("enabled", "below_floor", "before_start")}
     for k, v in flags.items():
         if not isinstance(v, bool):

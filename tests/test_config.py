@@ -34,6 +34,15 @@ def test_default_experiment_is_valid():
     assert exp.fixed_settings() == {"model.pruning_method": "block_influence"}
 
 
+def test_a_grid_measures_every_point_unless_told_to_refuse_on_a_prediction():
+    """The pre-start refusal (predicted dominated) is on by default, off by default for a grid."""
+    assert parse_experiment(base()).stop_hopeless.before_start is True
+    assert parse_experiment({**base(), "sampler": "grid"}).stop_hopeless.before_start is False
+    told = {**base(), "sampler": "grid", "stop_hopeless": {"before_start": True}}
+    assert parse_experiment(told).stop_hopeless.before_start is True
+    assert parse_experiment({**base(), "sampler": "grid", "stop_hopeless": True}).stop_hopeless.before_start is False
+
+
 def test_quick_variant_is_a_separate_smaller_study():
     exp = load_experiment(ROOT / "experiments" / "bbc-news-minilm.yaml")
     quick = exp.quick_variant()
