@@ -27,6 +27,8 @@ def test_report_rates_the_recommendation_in_20_percent_bands_and_warns_on_costli
     assert S.stars(100.0, [20.0, 55.0, 100.0])[0] == 1 and S.stars(55.0, [20.0, 55.0, 100.0])[0] == 3  # 55: band 3 of 5
     assert s["band_edges_wh_per_1k"][0] == pytest.approx(20 / 3600) and s["saving_pct"] == pytest.approx(80.0)
     assert len(s["warnings"]) == 1 and "trial 2" in s["warnings"][0] and "trial 1" in s["warnings"][0]
+    assert "(onnxruntime, dynamic_int8, fp32)" in s["warnings"][0]  # how it served, precision included
+    assert s["recommended"]["served_as"] == "onnxruntime, fp32"
     text = "\n".join(S.markdown(s))
     assert "Wh per 1,000 queries" in text and "not an official AI Energy Score" in text and "modelled" in text
     assert S.section([base], base, [], None) is None  # nothing recommended: no section

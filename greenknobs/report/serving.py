@@ -26,7 +26,14 @@ def _figure(row: TrialRow) -> dict[str, Any] | None:
             "j_per_1k_min": s.get("j_per_1k_min"), "j_per_1k_max": s.get("j_per_1k_max"),
             "provenance": s.get("provenance"), "meter": s.get("meter"), "latency_ms": s.get("latency_ms"),
             "workload": s.get("workload"), "engine": row.knobs.get("inference.engine", "torch"),
-            "quantization": row.knobs.get(QUANT_KNOB, "none")}
+            "quantization": row.knobs.get(QUANT_KNOB, "none"), "served_as": served_as(row)}
+
+
+def served_as(row: TrialRow) -> str:
+    """How a trial served, in words: the engine, its int8 if any, and its precision (bf16 is often
+    what made it cheap on CPUs with AMX)."""
+    quant, precision = row.knobs.get(QUANT_KNOB, "none"), row.knobs.get("inference.precision", "fp32")
+    return ", ".join([row.knobs.get("inference.engine", "torch"), *([quant] if quant != "none" else []), precision])
 
 
 def stars(value: float, values: list[float]) -> tuple[int, list[float]]:
@@ -56,7 +63,7 @@ def quantised_costlier(rows: list[TrialRow]) -> list[str]:
                 fq, ff = figures[q.trial], figures[fl.trial]
                 if fq["j_per_1k"] > ff["j_per_1k"]:
                     overlap = (fq["j_per_1k_min"] or fq["j_per_1k"]) <= (ff["j_per_1k_max"] or ff["j_per_1k"])
-                    out.append(f"trial {q.trial} ({fq['engine']} {fq['quantization']}) costs {fq['j_per_1k']:.3g} J per "
+                    out.append(f"trial {q.trial} ({fq['served_as']}) costs {fq['j_per_1k']:.3g} J per "
                                f"1,000 predictions, more than its float model (trial {fl.trial}: {ff['j_per_1k']:.3g} J)"
                                + (" -- within the windows' spread" if overlap else ""))
     return out
@@ -81,7 +88,7 @@ def section(rows: list[TrialRow], baseline: TrialRow | None, front: list[TrialRo
 def markdown(s: dict[str, Any]) -> list[str]:
     rec, base = s["recommended"], s["baseline"]
     lat = rec.get("latency_ms") or {}
-    lines = [f"Serving at steady state (trial {rec['trial']}, {rec['engine']}, {rec['quantization']}): "
+    lines = [f"Serving at steady state (trial {rec['trial']}, {rec['served_as']}): "
              f"**{rec['wh_per_1k']:.3g} Wh per 1,000 queries** ({rec['j_per_1k']:.3g} J, windows "
              f"{rec['j_per_1k_min']:.3g}–{rec['j_per_1k_max']:.3g} J; {rec['provenance']} by {rec['meter']}), "
              f"latency p50 {lat.get('p50', 0):.1f} ms / p95 {lat.get('p95', 0):.1f} ms per {lat.get('per', 'request')}; "
