@@ -39,8 +39,8 @@ def available(device: str = "cpu") -> Availability:
 # does -- on AMX/AVX512-bf16 CPUs OpenVINO would otherwise choose bf16 for them. LATENCY: one
 # stream, the request batches of a serving loop. benchmarks/serving_engines.py --openvino-config
 # probes other settings.
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}  # inference.precision -> the plugin's INFERENCE_PRECISION_HINT
 COMPILE_CONFIG: dict[str, str] = {"PERF_COUNT": "YES", "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}  # inference.precision -> the plugin's INFERENCE_PRECISION_HINT
 
 
 class OpenVinoServer:
